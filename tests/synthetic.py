@@ -67,14 +67,7 @@ def stripe_task(n_per_class: int, seed: int):
     return items, labels, list(PATTERNS)
 
 
-def mixed_images(n: int, seed: int) -> list[Image.Image]:
-    """Unlabelled reference images: colour patches and stripes, neither task's test split."""
+def reference_images(n: int, seed: int) -> list[Image.Image]:
+    """Unlabelled reference images: patches of random colours, from no task's test split."""
     rng = np.random.default_rng(seed)
-    colours = list(COLOURS.values())
-    out = []
-    for i in range(n):
-        if i % 2:
-            out.append(colour_image(rng, colours[int(rng.integers(len(colours)))]))
-        else:
-            out.append(stripe_image(rng, bool(rng.integers(2))))
-    return out
+    return [colour_image(rng, tuple(int(c) for c in rng.integers(0, 256, 3))) for _ in range(n)]

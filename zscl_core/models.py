@@ -97,16 +97,31 @@ def build_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu"
                 "preprocess_cfg": spec.get("preprocess_cfg", {})}
     # open_clip builds custom architectures through its 'local-dir:' schema; a directory with
     # only the config (no weights) gives the bare architecture.
+    text_cfg = resolved["model_cfg"]["text_cfg"]
     with tempfile.TemporaryDirectory(prefix="zscl-spec-") as tmp:
         (Path(tmp) / MANIFEST_NAME).write_text(json.dumps(resolved))
         try:
+            # open_clip ignores text_cfg.hf_model_pretrained unless told through pretrained_text:
+            # a saved version sets it to false so reloading never reads the tower weights twice.
             model, pre_train, pre_val = open_clip.create_model_and_transforms(
-                f"local-dir:{tmp}", load_weights=False, device=device)
-            tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp}")
+                f"local-dir:{tmp}", load_weights=False, device=device,
+                pretrained_text=bool(text_cfg.get("hf_model_pretrained", True)))
+            tokenizer = _tokenizer_for(text_cfg, tmp)
         except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
             raise ModelLoadError(f"could not build the model from its config: {exc}") from exc
     model.eval()
     return model, pre_train, pre_val, tokenizer
+
+
+def _tokenizer_for(text_cfg: dict[str, Any], config_dir: str) -> Callable:
+    # With 'local-dir:' open_clip looks for Hugging Face tokenizer files next to the config;
+    # they live where hf_tokenizer_name points (e.g. an installed package), so load from there.
+    if text_cfg.get("hf_tokenizer_name"):
+        return open_clip.tokenizer.HFTokenizer(
+            text_cfg["hf_tokenizer_name"],
+            context_length=text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH),
+            tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}))
+    return open_clip.get_tokenizer(f"local-dir:{config_dir}")
 
 
 def _spec_of(model: nn.Module, model_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -246,6 +246,7 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
             (total / config.grad_accum).backward()
         if config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         schedule.step()
 
@@ -253,8 +254,7 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
             average = running_mean(average, student.state_dict(), snapshots)
             snapshots += 1
         if on_step is not None:
-            on_step(StepInfo(step, config.steps, {k: float(v) for k, v in losses.items()},
-                             schedule.get_last_lr()[0]))
+            on_step(StepInfo(step, config.steps, _floats(losses), lr))
         if should_cancel is not None and step % config.cancel_check_every == 0 and should_cancel():
             raise UpdateCancelled(step)
 
@@ -266,4 +266,8 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
     return UpdateResult(
         state_dict={k: v.detach().to("cpu") for k, v in final.items()},
         steps=config.steps, snapshots=snapshots,
-        last_losses={k: float(v) for k, v in losses.items()})
+        last_losses=_floats(losses))
+
+
+def _floats(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in losses.items()}
