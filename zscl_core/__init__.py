@@ -8,6 +8,7 @@ from .config import UpdateConfig
 from .data import LabelledImages, UnlabelledImages, class_name_from_folder, scan_image_folder
 from .errors import (ConfigError, DatasetError, ModelLoadError, UpdateCancelled,
                      VersionIntegrityError, ZSCLError)
+from .gate import GatePolicy, GateReport, evaluate_gate
 from .evaluate import accuracy, accuracy_from_features, drift, encode_images
 from .heads import DEFAULT_TEMPLATES, HeadCache, build_head, encode_texts
 from .losses import feature_distillation, l2_weight_constraint, scaled_cosine_logits, soft_cross_entropy
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError", "DatasetError", "ModelLoadError", "UpdateCancelled", "VersionIntegrityError",
     "ZSCLError",
     "accuracy", "accuracy_from_features", "drift", "encode_images",
+    "GatePolicy", "GateReport", "evaluate_gate",
     "DEFAULT_TEMPLATES", "HeadCache", "build_head", "encode_texts",
     "feature_distillation", "l2_weight_constraint", "scaled_cosine_logits", "soft_cross_entropy",
     "METHODS", "Method", "get_method",

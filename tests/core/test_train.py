@@ -154,3 +154,21 @@ def test_zscl_learns_the_new_task_and_forgets_less_than_continual_ft(pretrained_
           f"zscl new={zscl_new:.1f} old={zscl_old:.1f}")
     assert zscl_new > 70  # chance is 50
     assert base_old - zscl_old + 20 < base_old - cft_old
+
+
+def test_weight_constraint_gradient_equals_autograd_of_the_loss():
+    from zscl_core import l2_weight_constraint
+    from zscl_core.train import _add_weight_constraint_grad_
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(3, 2))
+    b = torch.nn.Parameter(torch.randn(4))
+    anchor = {"a": torch.randn(3, 2), "b": torch.randn(4)}
+    params = {"a": a, "b": b}
+    (0.7 * l2_weight_constraint(params, anchor)).backward()
+    expected = {k: p.grad.clone() for k, p in params.items()}
+    for p in params.values():
+        p.grad = torch.ones_like(p)  # the task-loss gradient it must add to
+    value = _add_weight_constraint_grad_(params, anchor, 0.7)
+    for k, p in params.items():
+        assert torch.allclose(p.grad, expected[k] + 1, atol=1e-6)
+    assert value.item() == pytest.approx(0.7 * l2_weight_constraint(params, anchor).item(), rel=1e-5)

@@ -1,0 +1,366 @@
+"""Dataset ingestion: good layouts are stored content-addressed; every hostile or broken upload is
+refused with an error naming the problem, and leaves nothing in the store."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import stat
+import tarfile
+import zipfile
+import zlib
+
+import pytest
+from PIL import Image
+
+from service.ingest import (DatasetTooLarge, IngestLimits, UnsafeArchive, UnsupportedUpload,
+                            delete_dataset, ingest_dataset, load_dataset_dir, read_dataset,
+                            remove_stale_temp_dirs)
+from tests.synthetic import colour_task, stripe_task
+from zscl_core.errors import ConfigError, DatasetError
+
+LIMITS = IngestLimits()
+MiB = 1 << 20
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def colour_files(n_per_class: int = 5, seed: int = 0, prefix: str = "", fmt: str = "PNG") -> dict[str, bytes]:
+    items, labels, names = colour_task(n_per_class, seed)
+    suffix = ".png" if fmt == "PNG" else ".jpg"
+    return {f"{prefix}{names[label]}/{index}{suffix}": encode(image, fmt)
+            for index, (image, label) in enumerate(zip(items, labels))}
+
+
+def stripe_files(split: str, n_per_class: int, seed: int) -> dict[str, bytes]:
+    items, labels, names = stripe_task(n_per_class, seed)
+    return {f"{split}/{names[label].replace(' ', '_')}/{index}.png": encode(image)
+            for index, (image, label) in enumerate(zip(items, labels))}
+
+
+def write_zip(path, files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = ()):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        for info, data in extra:
+            archive.writestr(info, data)
+    return path
+
+
+def write_tar(path, files: dict[str, bytes], extra: list[tarfile.TarInfo] = (), mode: str = "w:gz"):
+    with tarfile.open(path, mode) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in extra:
+            archive.addfile(info)
+    return path
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
+    data = encode(Image.new("L", (1, 1)))
+    ihdr = bytearray(data[16:29])
+    ihdr[0:4], ihdr[4:8] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
+    crc = zlib.crc32(b"IHDR" + bytes(ihdr)).to_bytes(4, "big")
+    return data[:16] + bytes(ihdr) + crc + data[33:]
+
+
+def ingest(path, store, limits=LIMITS, content_type="application/zip", filename="data.zip"):
+    return ingest_dataset(path, store, limits, filename=filename, content_type=content_type)
+
+
+def stored_files(dataset) -> dict[str, list[str]]:
+    return {f"{split}/{folder.name}": sorted(p.name for p in folder.iterdir())
+            for split in ("train", "test") for folder in sorted((dataset.path / split).iterdir())}
+
+
+# --- good uploads ---------------------------------------------------------------------------
+
+
+def test_zip_of_class_folders_gets_a_seeded_stratified_split(tmp_path):
+    files = colour_files(5, prefix="colours/")  # a wrapper folder, as zip -r makes
+    files["__MACOSX/colours/red/._0.png"] = b"resource fork"
+    files["colours/red/.DS_Store"] = b"finder"
+    upload = write_zip(tmp_path / "up.zip", files)
+    store = tmp_path / "store"
+
+    dataset = ingest(upload, store)
+
+    assert dataset.split == "auto" and not dataset.deduplicated
+    assert dataset.classnames == ["blue", "green", "red", "yellow"]
+    assert dataset.train_counts == {"blue": 4, "green": 4, "red": 4, "yellow": 4}
+    assert dataset.test_counts == {"blue": 1, "green": 1, "red": 1, "yellow": 1}
+    assert (dataset.n_train, dataset.n_test) == (16, 4)
+    assert dataset.path == store / dataset.dataset_id and dataset.dataset_id == dataset.sha256[:16]
+    assert sorted(p.name for p in store.iterdir()) == [dataset.dataset_id]  # temp dir gone
+    layout = stored_files(dataset)
+    assert {k: len(v) for k, v in layout.items()} == {
+        **{f"train/{c}": 4 for c in dataset.classnames}, **{f"test/{c}": 1 for c in dataset.classnames}}
+    assert all(name.endswith(".png") for names in layout.values() for name in names)
+    info = json.loads((dataset.path / "dataset.json").read_text())
+    assert info["sha256"] == dataset.sha256 and info["source_filename"] == "data.zip"
+    assert info["split_seed"] == 0 and info["test_fraction"] == 0.2
+
+    train, test = load_dataset_dir(dataset.path)
+    assert list(train.classnames) == list(test.classnames) == dataset.classnames
+    assert (len(train), len(test)) == (16, 4)
+    assert sorted(train.labels) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    image, label = test[0]
+    assert image.size == (32, 32) and label == 0
+
+    # the split depends on the seed and the images only: the same content, re-archived in another
+    # order under other names, lands on the same id; another seed draws another split
+    renamed = {f"{name.split('/')[0]}/img-{i}.png": data
+               for i, (name, data) in enumerate(reversed(list(colour_files(5).items())))}
+    again = ingest(write_zip(tmp_path / "again.zip", renamed), tmp_path / "store2")
+    assert again.dataset_id == dataset.dataset_id and stored_files(again) == layout
+    other = ingest(upload, tmp_path / "store3", IngestLimits(split_seed=1))
+    assert other.dataset_id != dataset.dataset_id and stored_files(other) != layout
+    assert other.n_test == 4
+
+
+@pytest.mark.parametrize("mode, content_type", [("w:gz", "application/gzip"), ("w", None)])
+def test_tar_with_explicit_train_test_split(tmp_path, mode, content_type):
+    files = {**stripe_files("train", 4, seed=0), **stripe_files("test", 2, seed=1)}
+    upload = write_tar(tmp_path / "up.bin", files, mode=mode)  # no telling suffix: content decides
+
+    dataset = ingest(upload, tmp_path / "store", content_type=content_type, filename="stripes.tgz")
+
+    assert dataset.split == "explicit"
+    assert dataset.classnames == ["horizontal stripes", "vertical stripes"]  # '_' reads as a space
+    assert dataset.class_folders == ["horizontal_stripes", "vertical_stripes"]
+    assert dataset.train_counts == {"horizontal stripes": 4, "vertical stripes": 4}
+    assert dataset.test_counts == {"horizontal stripes": 2, "vertical stripes": 2}
+    train, test = load_dataset_dir(dataset.path)
+    assert (len(train), len(test)) == (8, 4)
+    assert list(train.classnames) == ["horizontal stripes", "vertical stripes"]
+
+
+def test_csv_manifest_with_jpegs_and_auto_split(tmp_path):
+    items, labels, names = colour_task(4, seed=3)
+    files = {f"imgs/{i}.jpg": encode(image, "JPEG") for i, image in enumerate(items)}
+    rows = "\n".join(f"imgs/{i}.jpg,{names[label]}" for i, label in enumerate(labels))
+    files["manifest.csv"] = f"path,label\n{rows}\n".encode()
+    upload = write_zip(tmp_path / "up.zip", {f"wrap/{k}": v for k, v in files.items()})
+
+    dataset = ingest(upload, tmp_path / "store")
+
+    assert dataset.split == "auto" and dataset.classnames == sorted(names)
+    assert (dataset.n_train, dataset.n_test) == (12, 4)  # 4 per class: 3 train + 1 test
+    assert all(name.endswith(".jpg") for names_ in stored_files(dataset).values() for name in names_)
+
+
+def test_jsonl_manifest_with_explicit_split_and_spaces_in_labels(tmp_path):
+    items, labels, names = stripe_task(3, seed=4)
+    files, lines = {}, []
+    for i, (image, label) in enumerate(zip(items, labels)):
+        files[f"{i}.png"] = encode(image)
+        lines.append(json.dumps({"path": f"{i}.png", "label": names[label],
+                                 "split": "test" if i % 3 == 0 else "train"}))
+    files["manifest.jsonl"] = "\n".join(lines).encode()
+
+    dataset = ingest(write_zip(tmp_path / "up.zip", files), tmp_path / "store")
+
+    assert dataset.split == "explicit"
+    assert dataset.classnames == ["horizontal stripes", "vertical stripes"]
+    assert dataset.train_counts == {"horizontal stripes": 2, "vertical stripes": 2}
+    assert dataset.test_counts == {"horizontal stripes": 1, "vertical stripes": 1}
+
+
+def test_identical_content_is_stored_once(tmp_path):
+    store = tmp_path / "store"
+    files = colour_files(5)
+    first = ingest(write_zip(tmp_path / "a.zip", files), store, filename="a.zip")
+    second = ingest(write_zip(tmp_path / "b.zip", files), store, filename="b.zip")
+    as_tar = ingest(write_tar(tmp_path / "c.tgz", files), store, content_type="application/x-tar")
+
+    assert not first.deduplicated and second.deduplicated and as_tar.deduplicated
+    assert first.dataset_id == second.dataset_id == as_tar.dataset_id
+    assert second.path == first.path and second.source_filename == "a.zip"  # the stored copy
+    assert sorted(p.name for p in store.iterdir()) == [first.dataset_id]
+    assert read_dataset(first.path).n_train == 16
+
+
+def test_delete_dataset_and_stale_temp_cleanup(tmp_path):
+    store = tmp_path / "store"
+    dataset = ingest(write_zip(tmp_path / "a.zip", colour_files(5)), store)
+    with pytest.raises(DatasetError, match="not a dataset id"):
+        delete_dataset(store, "../etc")
+    assert delete_dataset(store, dataset.dataset_id) is True
+    assert delete_dataset(store, dataset.dataset_id) is False
+    assert list(store.iterdir()) == []
+
+    (store / ".tmp-left-by-a-killed-process").mkdir()
+    assert remove_stale_temp_dirs(store, older_than_s=3600) == 0
+    assert remove_stale_temp_dirs(store, older_than_s=-1) == 1
+    assert list(store.iterdir()) == []
+
+
+def test_limits_are_validated():
+    with pytest.raises(ConfigError, match="test_fraction"):
+        IngestLimits(test_fraction=1.0)
+    with pytest.raises(ConfigError, match="min_classes"):
+        IngestLimits(min_classes=1)
+
+
+# --- bad uploads: refused, named, nothing stored ----------------------------------------------
+
+
+def zip_info(name: str, mode: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = mode << 16
+    return info
+
+
+def tar_info(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def _zip(files, extra=()):
+    return lambda tmp: (write_zip(tmp / "up.zip", files, list(extra)), "application/zip", LIMITS)
+
+
+def _tar(files, extra=(), limits=LIMITS):
+    return lambda tmp: (write_tar(tmp / "up.tgz", files, list(extra)), "application/gzip", limits)
+
+
+GOOD = colour_files(3)
+ZEROS = bytes(50 * MiB)  # 50 MB of zeros: deflates/gzips to about 50 kB
+BIG_FILES = IngestLimits(max_file_bytes=200 * MiB, max_total_bytes=1024 * MiB)
+
+
+def _with(**changes):
+    files = dict(GOOD)
+    for name, data in changes.items():
+        if data is None:
+            files = {k: v for k, v in files.items() if not k.startswith(name)}
+        else:
+            files[name] = data
+    return files
+
+
+def _zip_lying_about_size(tmp):
+    """A member of 3 MB of zeros whose headers claim 1000 bytes: never expands past the claim."""
+    path = write_zip(tmp / "up.zip", _with(**{"red/liar.png": bytes(3 * MiB)}))
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = next(i for i in _find_all(data, signature) if b"red/liar.png" in data[i:i + 80])
+        data[at + offset:at + offset + 4] = (1000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path, "application/zip", LIMITS
+
+
+def _find_all(data: bytes, needle: bytes):
+    at = data.find(needle)
+    while at != -1:
+        yield at
+        at = data.find(needle, at + 1)
+
+
+def _raw(data: bytes, content_type: str, limits=LIMITS):
+    def build(tmp):
+        path = tmp / "upload"
+        path.write_bytes(data)
+        return path, content_type, limits
+    return build
+
+
+BAD = {
+    "dotdot": (_zip(GOOD, [(zipfile.ZipInfo("../evil.png"), GOOD["red/0.png"])]),
+               UnsafeArchive, r"'\.\./evil\.png' has a '\.\.' path component"),
+    "dotdot-tar": (_tar({**GOOD, "red/../../evil.png": GOOD["red/0.png"]}),
+                   UnsafeArchive, r"'red/\.\./\.\./evil\.png' has a '\.\.'"),
+    "absolute": (_zip(GOOD, [(zipfile.ZipInfo("/etc/evil.png"), GOOD["red/0.png"])]),
+                 UnsafeArchive, r"'/etc/evil\.png' has an absolute path"),
+    "absolute-tar": (_tar({**GOOD, "/tmp/evil.png": GOOD["red/0.png"]}),
+                     UnsafeArchive, r"'/tmp/evil\.png' has an absolute path"),
+    "zip-symlink": (_zip(GOOD, [(zip_info("red/link.png", stat.S_IFLNK | 0o777), b"/etc/passwd")]),
+                    UnsafeArchive, r"'red/link\.png' is a symbolic link"),
+    "zip-fifo": (_zip(GOOD, [(zip_info("red/pipe", stat.S_IFIFO | 0o644), b"")]),
+                 UnsafeArchive, r"'red/pipe' is not a regular file"),
+    "tar-symlink": (_tar(GOOD, [tar_info("red/link.png", tarfile.SYMTYPE, "/etc/passwd")]),
+                    UnsafeArchive, r"'red/link\.png' is a symbolic link \(to '/etc/passwd'\)"),
+    "tar-hardlink": (_tar(GOOD, [tar_info("red/hard.png", tarfile.LNKTYPE, "red/0.png")]),
+                     UnsafeArchive, r"'red/hard\.png' is a hard link"),
+    "tar-device": (_tar(GOOD, [tar_info("red/null", tarfile.CHRTYPE)]),
+                   UnsafeArchive, r"'red/null' is a device or FIFO"),
+    "tar-fifo": (_tar(GOOD, [tar_info("red/pipe", tarfile.FIFOTYPE)]),
+                 UnsafeArchive, r"'red/pipe' is a device or FIFO"),
+    "zip-bomb": (lambda tmp: (write_zip(tmp / "up.zip", _with(**{"red/zeros.png": ZEROS})),
+                              "application/zip", BIG_FILES),
+                 DatasetTooLarge, r"'red/zeros\.png' expands \d+ times, more than the limit of 100"),
+    "gzip-bomb": (_tar(_with(**{"red/zeros.png": ZEROS}), limits=BIG_FILES),
+                  DatasetTooLarge, r"the gzip stream expands past \d+ bytes"),
+    "file-too-big": (_tar(_with(**{"red/zeros.png": ZEROS})),
+                     DatasetTooLarge, r"'red/zeros\.png' is 52428800 bytes, more than the per-file limit"),
+    "zip-lying-size": (_zip_lying_about_size,
+                       DatasetError, r"member 'red/liar\.png' of the zip cannot be extracted \(Bad CRC-32"),
+    "too-many-files": (lambda tmp: (write_zip(tmp / "up.zip", GOOD), None, IngestLimits(max_files=5)),
+                       DatasetTooLarge, r"the zip has 12 entries, more than the limit of 5"),
+    "too-many-files-tar": (_tar(GOOD, limits=IngestLimits(max_files=5)),
+                           DatasetTooLarge, r"more than 5 entries"),
+    "archive-too-big": (lambda tmp: (write_zip(tmp / "up.zip", GOOD), None, IngestLimits(max_archive_bytes=1000)),
+                        DatasetTooLarge, r"the upload is \d+ bytes, more than the limit of 1000"),
+    "non-image": (_zip(_with(**{"green/notes.txt": b"these are my notes"})),
+                  DatasetError, r"'green/notes\.txt' is not an image"),
+    "top-level-file": (_zip(_with(**{"README.md": b"# my data"})),
+                       DatasetError, r"'README\.md' is at the top level"),
+    "one-class": (_zip({k: v for k, v in GOOD.items() if k.startswith("red/")}),
+                  DatasetError, r"found 1 class\(es\) \('red'\); a dataset needs at least 2"),
+    "empty-class": (_zip(GOOD, [(zipfile.ZipInfo("purple/"), b"")]),
+                    DatasetError, r"class folder 'purple' is empty"),
+    "too-few-images": (_zip(_with(**{"red/": None, "red/0.png": GOOD["red/0.png"],
+                                     "red/1.png": GOOD["red/1.png"]})),
+                       DatasetError, r"class 'red' has 2 distinct image\(s\); the automatic split needs at least 3"),
+    "truncated-jpeg": (_zip(_with(**{"blue/cut.jpg": encode(colour_task(1, 9)[0][0], "JPEG")[:400]})),
+                       DatasetError, r"'blue/cut\.jpg' is truncated or corrupt"),
+    "pixel-cap": (lambda tmp: (write_zip(tmp / "up.zip", _with(**{"blue/big.png": huge_png(4000, 4000)})),
+                               None, IngestLimits(max_image_pixels=1_000_000)),
+                  DatasetError, r"'blue/big\.png' is 4000x4000 pixels, more than the limit of 1000000"),
+    "decompression-bomb": (_zip(_with(**{"blue/bomb.png": huge_png(100_000, 100_000)})),
+                           DatasetError, r"'blue/bomb\.png' has too many pixels to decode safely"),
+    "same-image-two-labels": (_zip(_with(**{"green/copy.png": GOOD["red/0.png"]})),
+                              DatasetError, r"'(red/0|green/copy)\.png' .* are the same image with two labels"),
+    "train-without-test": (_tar(stripe_files("train", 3, 0)),
+                           DatasetError, r"an explicit split needs exactly 'train/' and 'test/'"),
+    "class-missing-from-test": (
+        _tar({**stripe_files("train", 3, 0),
+              **{k: v for k, v in stripe_files("test", 1, 1).items() if "/vertical" in k}}),
+        DatasetError, r"class 'horizontal_stripes' has no test images; add at least one"),
+    "manifest-unlisted": (_zip({**GOOD, "manifest.csv": b"path,label\nred/0.png,red\nblue/6.png,blue\n"}),
+                          DatasetError, r"is in the archive but not in manifest\.csv"),
+    "manifest-missing-path": (_zip({"a.png": GOOD["red/0.png"], "manifest.csv": b"path,label\nb.png,red\n"}),
+                              DatasetError, r"manifest\.csv line 2: 'b\.png' is not in the archive"),
+    "manifest-dotdot": (_zip({"a.png": GOOD["red/0.png"], "manifest.csv": b"path,label\n../a.png,red\n"}),
+                        UnsafeArchive, r"manifest\.csv line 2: member '\.\./a\.png' has a '\.\.'"),
+    "text-content-type": (_raw(b"hello, I am not an archive\n", "text/plain; charset=utf-8"),
+                          UnsupportedUpload, r"content type 'text/plain' is not an archive"),
+    "text-claiming-zip": (_raw(b"hello, I am not an archive\n", "application/zip"),
+                          UnsupportedUpload, r"not a zip or tar archive"),
+    "gzipped-text": (_raw(gzip.compress(b"just some text\n" * 100), "application/gzip"),
+                     UnsupportedUpload, r"gzip-compressed but does not contain a tar"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_upload_is_refused_and_leaves_nothing(tmp_path, case):
+    build, error, message = BAD[case]
+    upload, content_type, limits = build(tmp_path)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "keep.txt").write_text("not ours")  # the store's other contents stay untouched
+
+    with pytest.raises(error, match=message):
+        ingest(upload, store, limits, content_type=content_type)
+
+    assert sorted(p.name for p in store.iterdir()) == ["keep.txt"]
+

@@ -1,0 +1,1 @@
+"""Celery workers that run continual updates (``worker.celery_app``, ``worker.tasks``)."""

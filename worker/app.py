@@ -1,0 +1,10 @@
+"""Worker entry point: ``celery -A worker.app worker`` (or ``zscl worker``).
+
+Settings are read from the environment here, once, as at every entry point.
+"""
+
+from service.settings import Settings
+
+from .celery_app import create_celery
+
+app = create_celery(Settings())

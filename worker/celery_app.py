@@ -1,0 +1,44 @@
+"""The Celery application, built from settings.
+
+Embedded mode uses kombu's SQLAlchemy transport over a SQLite file (real Celery, no server);
+distributed mode uses Redis. Jobs are long and precious, so: late acks (a message is acked only
+after the task returns), prefetch 1 (an idle worker never hoards queued jobs), a broker
+visibility timeout longer than the hard time limit (Redis does not redeliver a job that is still
+running), and a soft time limit that ends the job cleanly before the hard kill.
+
+This module imports no torch and builds no app at import: the API imports it to enqueue jobs;
+the worker entry point is ``worker.app``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings
+
+__all__ = ["create_celery", "TASK_RUN_JOB", "QUEUE"]
+
+TASK_RUN_JOB = "zscl.run_job"
+QUEUE = "zscl-updates"
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app configured for update jobs on ``settings.broker_url``."""
+    app = Celery("zscl", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        task_time_limit=settings.job_hard_time_limit_s,
+        task_soft_time_limit=settings.job_soft_time_limit_s,
+        broker_transport_options={"visibility_timeout": settings.job_hard_time_limit_s + 600},
+        broker_connection_retry_on_startup=True,
+        worker_concurrency=1,  # one training process per worker (per GPU)
+        worker_hijack_root_logger=False,
+    )
+    app.conf.zscl_settings = settings
+    return app
+

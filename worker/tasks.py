@@ -1,0 +1,55 @@
+"""Celery tasks: thin wrappers that hand a job id to ``worker.pipeline``."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import current_app, shared_task
+from celery.signals import worker_process_init, worker_ready
+
+from .celery_app import TASK_RUN_JOB
+
+logger = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _runner():
+    # Built lazily inside the worker's child process, after fork: torch, the database engine
+    # and CUDA are never initialised in the parent.
+    from service import db
+    from worker.pipeline import JobRunner
+
+    settings = current_app.conf.zscl_settings
+    settings.ensure_dirs()
+    engine = db.make_engine(settings.database_url)
+    db.create_all(engine)
+    return JobRunner(settings, db.make_session_factory(engine), settings.torch_device)
+
+
+@worker_process_init.connect
+def _threads(**_kwargs) -> None:
+    settings = current_app.conf.zscl_settings
+    if settings.torch_threads:
+        import torch
+        torch.set_num_threads(settings.torch_threads)
+
+
+@worker_ready.connect
+def _reap_on_start(**_kwargs) -> None:
+    """Jobs left running by a worker that died are failed before new work starts."""
+    from service import db, jobs
+
+    settings = current_app.conf.zscl_settings
+    engine = db.make_engine(settings.database_url)
+    db.create_all(engine)
+    with db.make_session_factory(engine)() as session:
+        reaped = jobs.reap_stale(session, settings.job_heartbeat_timeout_s)
+    if reaped:
+        logger.warning("failed %d job(s) whose worker was lost: %s", len(reaped), reaped)
+
+
+@shared_task(name=TASK_RUN_JOB)
+def run_job(job_id: str) -> str:
+    """Train, evaluate, gate and maybe promote one job; returns its final state."""
+    return _runner().run(job_id)
