@@ -112,9 +112,15 @@ def request_cancel(session: Session, job_id: str) -> Job:
     job = get_job(session, job_id)
     if job.state in TERMINAL_STATES:
         raise Conflict(f"job '{job_id}' already ended ({job.state}); nothing to cancel")
-    if not transition(session, job_id, "cancelled", cancel_requested=True):
-        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-        session.commit()
+    session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    session.commit()
+    # a queued job ends here (the worker skips it); a running one stops at its next check
+    moved = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
+                            .values(state="cancelled", finished_at=utcnow()))
+    session.commit()
+    if moved.rowcount == 1:
+        add_event(session, job_id, "state", {"state": "cancelled"})
+    else:
         transition(session, job_id, "cancelling")
     return get_job(session, job_id)
 

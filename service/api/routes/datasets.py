@@ -1,0 +1,91 @@
+"""Datasets: ``POST /v1/datasets`` (an archive as the request body), list, get, delete, suite flag."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from ... import datasets
+from ...errors import PayloadTooLarge
+from ...job_schemas import DatasetOut, SuiteIn
+from .. import API_V1
+from ..deps import ServicesDep, SessionDep, require_admin
+
+router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"])
+
+DatasetId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "the archive itself (zip, tar, tar.gz) as the body, e.g. "
+                       "`curl --data-binary @pets.zip -H 'Content-Type: application/zip'`",
+        "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                    for t in ("application/zip", "application/x-tar", "application/gzip")},
+    }
+}
+
+
+@router.post("", status_code=201, response_model=DatasetOut, dependencies=[Depends(require_admin)],
+             summary="Upload a labelled dataset", openapi_extra=_UPLOAD_DOC,
+             responses={200: {"description": "the same content was uploaded before"},
+                        413: {"description": "over a byte, file-count or compression cap"},
+                        422: {"description": "not a valid dataset (the message names the problem)"}})
+async def upload(request: Request, services: ServicesDep,
+                 name: Annotated[str, Query(min_length=1, max_length=128,
+                                            pattern=r"^[A-Za-z0-9_.:-]+$")],
+                 suite: bool = False,
+                 test_fraction: Annotated[float, Query(gt=0, lt=1)] = 0.2,
+                 seed: Annotated[int, Query(ge=0)] = 0):
+    settings = services.settings
+    limit = settings.max_dataset_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"the archive is {int(length)} bytes; the limit is {limit} "
+                              f"(ZSCL_MAX_DATASET_BYTES)")
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=settings.datasets_dir)
+    try:
+        received = 0
+        with os.fdopen(fd, "wb") as fh:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(f"the archive is larger than the limit of {limit} bytes "
+                                          f"(ZSCL_MAX_DATASET_BYTES)")
+                fh.write(chunk)
+        row, created = await run_in_threadpool(
+            datasets.add_dataset, services.sessions, settings, tmp, name=name, suite=suite,
+            content_type=request.headers.get("content-type"), test_fraction=test_fraction,
+            seed=seed)
+    finally:
+        os.unlink(tmp)
+    body = datasets.dataset_out(row)
+    return JSONResponse(DatasetOut(**body).model_dump(mode="json"), status_code=201 if created else 200)
+
+
+@router.get("", response_model=list[DatasetOut], summary="Every dataset")
+def list_all(session: SessionDep) -> list[DatasetOut]:
+    return [DatasetOut(**datasets.dataset_out(row)) for row in datasets.list_datasets(session)]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, summary="One dataset")
+def get_one(dataset_id: DatasetId, session: SessionDep) -> DatasetOut:
+    return DatasetOut(**datasets.dataset_out(datasets.get_dataset(session, dataset_id)))
+
+
+@router.put("/{dataset_id}/suite", response_model=DatasetOut, dependencies=[Depends(require_admin)],
+            summary="Register (or unregister) a dataset as a zero-shot evaluation suite")
+def set_suite(dataset_id: DatasetId, body: SuiteIn, session: SessionDep) -> DatasetOut:
+    return DatasetOut(**datasets.dataset_out(datasets.set_suite(session, dataset_id, body.suite)))
+
+
+@router.delete("/{dataset_id}", status_code=204, dependencies=[Depends(require_admin)],
+               summary="Delete a dataset no job uses")
+def delete_one(dataset_id: DatasetId, session: SessionDep, services: ServicesDep) -> None:
+    datasets.delete(session, services.settings, dataset_id)

@@ -1,0 +1,91 @@
+"""Dataset records: ingest an uploaded archive (``service.ingest``) and keep its row.
+
+All or nothing: the files are published by ``ingest_dataset`` with one rename, and the row is
+written after; if the row cannot be written, freshly published files are removed again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import Conflict, NotFound
+from .ingest import IngestLimits, delete_dataset, ingest_dataset
+from .jobs_db import Dataset, Job
+from .settings import Settings
+
+__all__ = ["add_dataset", "get_dataset", "list_datasets", "set_suite", "delete", "dataset_out"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_dataset(sessions: sessionmaker[Session], settings: Settings, upload: str | Path, *,
+                name: str, suite: bool, content_type: str | None, test_fraction: float,
+                seed: int) -> tuple[Dataset, bool]:
+    """Validate, store and record an uploaded archive. Returns (row, created)."""
+    limits = dataclasses.replace(settings.ingest_limits(), test_fraction=test_fraction,
+                                 split_seed=seed)
+    ingested = ingest_dataset(Path(upload), settings.datasets_dir, limits, filename=name,
+                              content_type=content_type)
+    with sessions() as session:
+        existing = session.get(Dataset, ingested.dataset_id)
+        if existing is not None:
+            return existing, False
+        row = Dataset(id=ingested.dataset_id, name=name, sha256=ingested.sha256,
+                      path=str(ingested.path), classnames=list(ingested.classnames),
+                      n_train=ingested.n_train, n_test=ingested.n_test, split=ingested.split,
+                      is_suite=suite)
+        session.add(row)
+        try:
+            session.commit()
+        except Exception:
+            session.rollback()
+            if not ingested.deduplicated:
+                delete_dataset(settings.datasets_dir, ingested.dataset_id)
+            raise
+        logger.info("dataset %s (%s): %d classes, %d train / %d test", row.id, name,
+                    len(row.classnames), row.n_train, row.n_test)
+        return row, True
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise NotFound(f"dataset '{dataset_id}' does not exist; GET /v1/datasets lists them")
+    return row
+
+
+def list_datasets(session: Session) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).order_by(Dataset.created_at)))
+
+
+def set_suite(session: Session, dataset_id: str, suite: bool) -> Dataset:
+    row = get_dataset(session, dataset_id)
+    if suite and session.scalar(select(Job.id).where(Job.dataset_id == dataset_id).limit(1)):
+        raise Conflict(f"dataset '{dataset_id}' was used for training; a zero-shot suite must "
+                       f"never be trained on: upload another dataset as the suite")
+    row.is_suite = suite
+    session.commit()
+    return row
+
+
+def delete(session: Session, settings: Settings, dataset_id: str) -> None:
+    row = get_dataset(session, dataset_id)
+    used = session.scalar(select(Job.id).where(Job.dataset_id == dataset_id).limit(1))
+    if used:
+        raise Conflict(f"dataset '{dataset_id}' is used by job '{used}'; it is kept as that "
+                       f"job's record")
+    session.delete(row)
+    session.commit()
+    delete_dataset(settings.datasets_dir, dataset_id)
+
+
+def dataset_out(row: Dataset) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "sha256": row.sha256, "classnames": row.classnames,
+            "n_train": row.n_train, "n_test": row.n_test, "split": row.split,
+            "is_suite": row.is_suite, "created_at": row.created_at}

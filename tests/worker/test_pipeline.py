@@ -1,0 +1,108 @@
+"""The update pipeline in-process (no broker): train, evaluate, gate, promote or not."""
+
+import numpy as np
+
+from service import jobs, registry
+from service.label_sets import get_label_set
+from tests.worker.conftest import FAST_HPARAMS, colours_zip, stripes_zip, upload
+from worker.pipeline import JobRunner
+from zscl_core import list_versions
+
+
+def _job(sessions, dataset_id, method="zscl", hparams=FAST_HPARAMS, gate=None):
+    with sessions() as session:
+        job, created = jobs.create_job(session, dataset_id=dataset_id, method=method,
+                                       hparams=dict(hparams), gate=gate or {})
+        assert created
+        return job.id
+
+
+def test_zscl_job_is_promoted_and_registers_its_label_set(job_env, tmp_path):
+    settings, sessions, served = job_env
+    stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
+    upload(settings, sessions, colours_zip(), "colours", tmp_path, suite=True)
+    job_id = _job(sessions, stripes.id)
+    state = JobRunner(settings, sessions).run(job_id)
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        assert state == "succeeded", (job.error, job.report)
+        new_version, generation = registry.get_serving(session)
+        assert new_version == job.candidate_version != served
+        assert registry.get_version(session, new_version).parent == served
+        assert job.metrics["new_task_after"] > job.metrics["new_task_before"]
+        rows = {r["dataset"]: r for r in job.report["rows"]}
+        assert rows["colours"]["kind"] == "suite"
+        assert rows["colours"]["after"] >= rows["colours"]["before"] - 3
+        assert job.step == job.total_steps == FAST_HPARAMS["steps"]
+        assert get_label_set(session, "stripes").classnames == stripes.classnames
+        kinds = [e.kind for e in jobs.list_events(session, job_id, limit=1000)]
+        assert kinds[0] == "state" and "progress" in kinds
+
+
+def test_job_that_drops_a_suite_is_rejected_and_nothing_is_written(job_env, tmp_path):
+    settings, sessions, served = job_env
+    stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
+    upload(settings, sessions, colours_zip(), "colours", tmp_path, suite=True)
+    before = [v["version"] for v in list_versions(settings.versions_dir)]
+    # Continual-FT of both towers at a high rate wrecks the colour suite
+    hparams = {**FAST_HPARAMS, "trainable": "all", "lr": 5e-3, "steps": 40}
+    job_id = _job(sessions, stripes.id, method="continual_ft", hparams=hparams,
+                  gate={"max_dataset_drop": 3.0, "max_mean_drop": 1.0})
+    assert JobRunner(settings, sessions).run(job_id) == "rejected"
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        assert any("suite 'colours' dropped" in r for r in job.report["reasons"])
+        assert registry.get_serving(session)[0] == served
+    assert [v["version"] for v in list_versions(settings.versions_dir)] == before
+
+
+def test_candidate_from_a_version_no_longer_served_is_not_promoted(job_env, tmp_path):
+    settings, sessions, served = job_env
+    stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
+    lenient = {"min_new_task_gain": -100, "max_mean_drop": 100, "max_dataset_drop": 100}
+    job_id = _job(sessions, stripes.id, hparams={**FAST_HPARAMS, "steps": 4, "warmup_steps": 1}, gate=lenient)
+    runner = JobRunner(settings, sessions)
+    original = runner._decide
+
+    def rollback_meanwhile(*args, **kwargs):
+        # an operator activates another version while the job evaluates
+        from zscl_core import load_version, save_version
+        loaded = load_version(settings.versions_dir / served)
+        other = save_version(settings.versions_dir, loaded.model, loaded.spec, parent=served)
+        with sessions() as session:
+            registry.register_version(session, other, settings.versions_dir / other, served)
+            assert registry.activate(session, other)
+        return original(*args, **kwargs)
+
+    runner._decide = rollback_meanwhile
+    assert runner.run(job_id) == "rejected"
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        served_now, _ = registry.get_serving(session)
+        assert served_now != job.candidate_version
+        assert "changed from" in job.report["superseded"]
+
+
+def test_cancel_during_training_stops_within_bounded_steps(job_env, tmp_path):
+    settings, sessions, served = job_env
+    stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
+    job_id = _job(sessions, stripes.id, hparams={**FAST_HPARAMS, "steps": 500})
+    runner = JobRunner(settings, sessions)
+    import worker.pipeline as pipeline
+    original_call = pipeline._Progress.__call__
+
+    def cancel_at_step_3(self, info):
+        original_call(self, info)
+        if info.step == 3:
+            with sessions() as session:
+                jobs.request_cancel(session, job_id)
+
+    pipeline._Progress.__call__ = cancel_at_step_3
+    try:
+        assert runner.run(job_id) == "cancelled"
+    finally:
+        pipeline._Progress.__call__ = original_call
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        assert job.metrics["cancelled_at_step"] <= 3 + FAST_HPARAMS["cancel_check_every"]
+        assert registry.get_serving(session)[0] == served
