@@ -22,6 +22,15 @@ TASK_RUN_JOB = "zscl.run_job"
 QUEUE = "zscl-updates"
 
 
+def _transport_options(settings: Settings) -> dict:
+    # Redis redelivers an unacked message after the visibility timeout: it must outlast the
+    # longest job. kombu's SQLAlchemy transport has no such option (it passes options to the
+    # database engine), so embedded mode gets none.
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": settings.job_hard_time_limit_s + 600}
+    return {}
+
+
 def create_celery(settings: Settings) -> Celery:
     """A Celery app configured for update jobs on ``settings.broker_url``."""
     app = Celery("zscl", broker=settings.broker_url, include=["worker.tasks"])
@@ -34,7 +43,7 @@ def create_celery(settings: Settings) -> Celery:
         task_default_queue=QUEUE,
         task_time_limit=settings.job_hard_time_limit_s,
         task_soft_time_limit=settings.job_soft_time_limit_s,
-        broker_transport_options={"visibility_timeout": settings.job_hard_time_limit_s + 600},
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_concurrency=1,  # one training process per worker (per GPU)
         worker_hijack_root_logger=False,

@@ -1,0 +1,14 @@
+"""The versioned API router: one router per resource."""
+
+from fastapi import APIRouter
+
+from .routes import classify, datasets, health, jobs, label_sets, models
+
+api_router = APIRouter()
+api_router.include_router(classify.router)
+api_router.include_router(label_sets.router)
+api_router.include_router(models.router)
+api_router.include_router(datasets.router)
+api_router.include_router(jobs.router)
+
+health_router = health.router

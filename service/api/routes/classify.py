@@ -1,0 +1,149 @@
+"""``POST /v1/classify``: one image or a batch, as multipart files or base64 JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from ...classify import Classification
+from ...errors import InvalidRequest, ServiceError
+from ...schemas import ClassifyJSON, ClassifyResponse, ImageIn, ImagePrediction, LabelScore
+from .. import API_V1
+from ..deps import ServicesDep, require_inference
+
+router = APIRouter(prefix=API_V1, tags=["classify"])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["images"],
+    "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                   "description": "one or more image files"},
+        "labels": {"type": "array", "items": {"type": "string"},
+                   "description": "candidate labels: repeat the field, or one comma-separated value"},
+        "label_set": {"type": "string", "description": "name of a stored label set"},
+        "templates": {"type": "array", "items": {"type": "string"}},
+        "top_k": {"type": "integer", "default": 5, "minimum": 1},
+    },
+}
+
+
+def _inline_refs(schema: dict) -> dict:
+    """The JSON schema with its local ``$defs`` inlined (OpenAPI resolves '#' at the document)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
+
+
+OPENAPI_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+    "application/json": {"schema": _inline_refs(ClassifyJSON.model_json_schema())},
+}}}
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+
+
+def _split_labels(values: list[str]) -> list[str] | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        value = values[0].strip()
+        if value.startswith("["):
+            try:
+                return [str(v) for v in json.loads(value)]
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"labels looks like JSON but is not: {exc}") from exc
+        return [part.strip() for part in value.split(",")]
+    return values
+
+
+async def _from_multipart(request: Request, max_files: int) -> dict:
+    try:
+        form = await request.form(max_files=max_files + 1, max_fields=10_000)
+    except HTTPException as exc:  # starlette's own multipart limits and syntax errors
+        raise InvalidRequest(f"could not read the multipart body: {exc.detail}") from exc
+    try:
+        files = [item for key in ("images", "image", "file", "files") for item in form.getlist(key)
+                 if isinstance(item, UploadFile)]
+        if len(files) > max_files:
+            raise InvalidRequest(f"more than {max_files} images in one request; split the batch")
+        images = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(files)]
+        text = lambda key: [v for v in form.getlist(key) if isinstance(v, str)]  # noqa: E731
+        top_k = text("top_k")
+        try:
+            top_k_value = int(top_k[0]) if top_k else 5
+        except ValueError as exc:
+            raise InvalidRequest("top_k must be an integer") from exc
+        return {"files": images, "labels": _split_labels(text("labels")),
+                "label_set": (text("label_set") or [None])[0], "templates": text("templates") or None,
+                "top_k": top_k_value}
+    finally:
+        await form.close()
+
+
+def _decode_b64(item: ImageIn | str, index: int) -> tuple[str, bytes]:
+    data, name = (item, None) if isinstance(item, str) else (item.data, item.name)
+    name = name or f"image-{index}"
+    if data.startswith("data:"):  # a data URL: drop the "data:image/png;base64," prefix
+        data = data.partition(",")[2]
+    try:
+        return name, base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"image '{name}' is not valid base64: {exc}") from exc
+
+
+async def _from_json(request: Request) -> dict:
+    try:
+        body = ClassifyJSON.model_validate_json(await request.body())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidRequest(f"invalid JSON body: {problems}") from exc
+    return {"files": [_decode_b64(item, i) for i, item in enumerate(body.images)],
+            "labels": body.labels, "label_set": body.label_set, "templates": body.templates,
+            "top_k": body.top_k}
+
+
+def _response(result: Classification) -> ClassifyResponse:
+    return ClassifyResponse(
+        model_version=result.version, time_ms=round(result.seconds * 1000, 3),
+        results=[ImagePrediction(image=name, labels=[LabelScore(label=label, probability=p)
+                                                     for label, p in ranked])
+                 for name, ranked in zip(result.names, result.ranked)])
+
+
+@router.post("/classify", response_model=ClassifyResponse, openapi_extra=OPENAPI_BODY,
+             dependencies=[Depends(require_inference)],
+             summary="Zero-shot classify one image or a batch",
+             description="Rank candidate labels (or a stored label set) for each image. "
+                         "Image features and the text classifier come from the same model "
+                         "version, named in `model_version` and the X-Model-Version header.")
+async def classify(request: Request, services: ServicesDep) -> ClassifyResponse:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        parsed = await _from_multipart(request, services.settings.max_batch_images)
+    elif content_type.startswith("application/json"):
+        parsed = await _from_json(request)
+    else:
+        raise UnsupportedMediaType("send multipart/form-data (image files in 'images') or "
+                                   "application/json (base64 images)")
+    result = await services.classifier.classify(parsed.pop("files"), **parsed)
+    request.state.model_version = result.version
+    services.metrics.images.labels(result.version).inc(len(result.names))
+    return _response(result)

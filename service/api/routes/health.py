@@ -1,0 +1,32 @@
+"""Liveness, readiness (503 until a model is loaded and warmed) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ...schemas import HealthOut
+from ..deps import ServicesDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", response_model=HealthOut, summary="The process is up")
+async def livez() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+@router.get("/readyz", response_model=HealthOut, summary="A model is loaded, warmed and served",
+            responses={503: {"model": HealthOut, "description": "still loading (or failed to load)"}})
+async def readyz(services: ServicesDep):
+    served = services.holder.current
+    if served is None:
+        return JSONResponse(HealthOut(status="loading", detail=services.holder.last_error or services.holder.phase).model_dump(),
+                            status_code=503, headers={"Retry-After": "1"})
+    return HealthOut(status="ready", model_version=served.version)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

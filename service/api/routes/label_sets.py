@@ -1,0 +1,43 @@
+"""Label sets: ``PUT/GET/DELETE /v1/label-sets/{name}`` (changes need the admin key)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from ... import label_sets
+from ...schemas import LabelSetIn, LabelSetOut
+from .. import API_V1
+from ..deps import SessionDep, require_admin
+
+router = APIRouter(prefix=f"{API_V1}/label-sets", tags=["label sets"])
+
+Name = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+def _out(row) -> LabelSetOut:
+    return LabelSetOut(name=row.name, classnames=row.classnames, templates=row.templates,
+                       source=row.source, updated_at=row.updated_at)
+
+
+@router.get("", response_model=list[LabelSetOut], summary="Every label set")
+def list_all(session: SessionDep) -> list[LabelSetOut]:
+    return [_out(row) for row in label_sets.list_label_sets(session)]
+
+
+@router.get("/{name}", response_model=LabelSetOut, summary="One label set")
+def get_one(name: Name, session: SessionDep) -> LabelSetOut:
+    return _out(label_sets.get_label_set(session, name))
+
+
+@router.put("/{name}", response_model=LabelSetOut, dependencies=[Depends(require_admin)],
+            summary="Create or replace a label set")
+def put_one(name: Name, body: LabelSetIn, session: SessionDep) -> LabelSetOut:
+    return _out(label_sets.put_label_set(session, name, body.classnames, body.templates, body.source))
+
+
+@router.delete("/{name}", status_code=204, dependencies=[Depends(require_admin)],
+               summary="Delete a label set")
+def delete_one(name: Name, session: SessionDep) -> None:
+    label_sets.delete_label_set(session, name)

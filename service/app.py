@@ -1,0 +1,145 @@
+"""The app factory. Startup is non-blocking: the model loads in the background and
+``/readyz`` answers 503 until it is loaded and warmed (LitServe's pattern)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from zscl_core import ZSCLError
+
+from . import db
+from .api.errors import install_error_handlers
+from .api.main import api_router, health_router
+from .api.middleware import ServiceMiddleware
+from .bootstrap import ensure_serving
+from .container import Services, build_services
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+async def _start_serving(services: Services) -> None:
+    """Bootstrap the pointer, load the served version, then follow the pointer forever."""
+    settings, holder = services.settings, services.holder
+
+    def bootstrap() -> None:
+        for attempt in range(3):
+            try:
+                db.create_all(services.engine)
+                with services.sessions() as session:
+                    ensure_serving(session, settings)
+                return
+            except (OperationalError, IntegrityError) as exc:  # another process booting at once
+                if attempt == 2:
+                    raise
+                logger.info("bootstrap raced another process (%s); retrying", exc)
+                time.sleep(0.5)
+
+    try:
+        holder.phase = f"bootstrapping ZSCL_MODEL={settings.model}"
+        await _in_daemon_thread(bootstrap)
+    except (ZSCLError, OSError, SQLAlchemyError) as exc:  # e.g. an unknown model: say so on /readyz
+        holder.last_error = f"could not bootstrap ZSCL_MODEL={settings.model!r}: {exc}"
+        logger.error("%s; waiting for a version to be activated", holder.last_error)
+    await holder.sync("startup")
+    loops = [holder.reconcile_forever(settings.reconcile_interval_s), _reap_forever(services)]
+    if settings.redis_url:
+        loops.append(holder.listen_forever(settings.redis_url))
+    await asyncio.gather(*loops)
+
+
+async def _reap_forever(services: Services) -> None:
+    """Fail jobs whose worker died (no heartbeat), so they never stay 'running' forever."""
+    from . import jobs
+    from .ingest import remove_stale_temp_dirs
+
+    settings = services.settings
+
+    def reap() -> None:
+        with services.sessions() as session:
+            jobs.reap_stale(session, settings.job_heartbeat_timeout_s)
+
+    if settings.datasets_dir.is_dir():
+        await asyncio.to_thread(remove_stale_temp_dirs, settings.datasets_dir)
+    interval = max(1.0, settings.job_heartbeat_timeout_s / 4)
+    while True:
+        try:
+            await asyncio.to_thread(reap)
+        except OperationalError as exc:  # database busy or briefly away: try again next time
+            logger.warning("job reaper: %s", exc)
+        await asyncio.sleep(interval)
+
+
+async def _in_daemon_thread(fn):
+    """Run ``fn`` in a daemon thread: Ctrl-C during a long first bootstrap (building the
+    starter model) exits at once instead of waiting for it; version writes are atomic."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(method, value) -> None:
+        if not future.done():
+            method(value)
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine, which decides
+            outcome = (future.set_exception, exc)
+        else:
+            outcome = (future.set_result, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop closed meanwhile: the app is shutting down
+            pass
+
+    threading.Thread(target=run, name="zscl-bootstrap", daemon=True).start()
+    return await future
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("model serving stopped: %s", task.exception(), exc_info=task.exception())
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    if services.settings.torch_threads:
+        torch.set_num_threads(services.settings.torch_threads)
+    services.batcher.start()
+    serving = asyncio.create_task(_start_serving(services), name="zscl-serving")
+    serving.add_done_callback(_log_failure)
+    try:
+        yield
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await services.batcher.stop()
+        services.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app for ``settings`` (default: read from the ``ZSCL_`` environment)."""
+    settings = settings or Settings()
+    services = build_services(settings)
+    app = FastAPI(title="zscl-serve", version="1", lifespan=_lifespan,
+                  description="CLIP zero-shot image classification that keeps learning (ZSCL).")
+    app.state.services = services
+    app.add_middleware(ServiceMiddleware, holder=services.holder, metrics=services.metrics,
+                       max_body_bytes=settings.max_upload_bytes)
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,70 @@
+"""First start: make sure something is served, registering ``settings.model`` as a version.
+
+Every served model is a registered version, so a fresh deployment and a promoted update go
+through the same load path. Two processes starting on an empty database both try; the pointer's
+compare-and-swap lets one win and the other serves the winner.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from zscl_core import ModelLoadError, load_model, read_manifest, save_version
+
+from . import registry
+from .settings import Settings
+
+__all__ = ["ensure_serving", "materialise_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def materialise_model(settings: Settings) -> Path:
+    """A version directory holding ``settings.model`` (saved into the version store if needed)."""
+    root = settings.versions_dir
+    if settings.model == "starter":
+        try:
+            from zscl_core.starter import ensure_starter  # lazy: heavy, and only for this source
+        except ImportError as exc:
+            raise ModelLoadError(f"the starter model is unavailable ({exc}); set ZSCL_MODEL to an "
+                                 f"open_clip name, a model config JSON or a saved version") from exc
+        return Path(ensure_starter(root, device="cpu"))
+    source = Path(settings.model).expanduser()
+    if source.is_dir() and source.resolve().parent == root.resolve():
+        return source.resolve()
+    logger.info("loading %s (pretrained=%s) to register it as a version", settings.model,
+                settings.pretrained)
+    loaded = load_model(settings.model, pretrained=settings.pretrained, device="cpu")
+    if loaded.version:  # a version saved elsewhere: import it under its own id
+        if (root / loaded.version).is_dir():
+            return root / loaded.version
+        zscl = loaded.manifest["zscl"]
+        version_id = save_version(root, loaded.model, loaded.spec, parent=zscl.get("parent"),
+                                  metadata=zscl.get("metadata"), version_id=loaded.version)
+        return root / version_id
+    tag = f" + {settings.pretrained}" if settings.pretrained else ""
+    version_id = save_version(root, loaded.model, loaded.spec,
+                              metadata={"source": f"{settings.model}{tag}"})
+    return root / version_id
+
+
+def ensure_serving(session: Session, settings: Settings) -> str:
+    """The served version id, bootstrapping ``settings.model`` when nothing is served yet."""
+    settings.ensure_dirs()
+    registry.register_saved_versions(session, settings.versions_dir)
+    version, _ = registry.get_serving(session)
+    if version is not None:
+        return version
+    path = materialise_model(settings)
+    zscl = read_manifest(path)["zscl"]
+    meta = dict(zscl.get("metadata") or {})
+    meta.setdefault("source", settings.model)
+    meta.setdefault("created_at", zscl.get("created_at"))
+    registry.register_version(session, zscl["version"], path, zscl.get("parent"), meta)
+    if not registry.activate(session, zscl["version"], expected_current=None):
+        logger.info("another process bootstrapped first; serving its choice")
+    version, _ = registry.get_serving(session)
+    return version

@@ -1,0 +1,105 @@
+"""Zero-shot classification of uploaded images, tying decoding, heads and batching together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from zscl_core import DEFAULT_TEMPLATES
+
+from .batching import MicroBatcher
+from .errors import InvalidRequest
+from .imaging import preprocess_images
+from .label_sets import get_label_set
+from .schemas import check_labels, check_templates
+from .serving import ModelHolder
+
+__all__ = ["Limits", "Classification", "Classifier"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_labels: int
+    max_batch_images: int
+    max_image_pixels: int
+    max_templates: int
+
+
+@dataclass
+class Classification:
+    version: str
+    names: list[str]
+    ranked: list[list[tuple[str, float]]]  # per image: (label, probability), best first
+    seconds: float
+
+
+class Classifier:
+    """Classifies images against labels with the served model (one version per request)."""
+
+    def __init__(self, holder: ModelHolder, batcher: MicroBatcher,
+                 session_factory: sessionmaker[Session], limits: Limits):
+        self.holder = holder
+        self.batcher = batcher
+        self._sessions = session_factory
+        self.limits = limits
+
+    def _resolve(self, labels: Sequence[str] | None, label_set: str | None,
+                 templates: Sequence[str] | None) -> tuple[list[str], list[str]]:
+        if (labels is None) == (label_set is None):
+            raise InvalidRequest("give either 'labels' (a list of candidate labels) or 'label_set' "
+                                 "(the name of a stored label set), not both or neither")
+        if label_set is not None:
+            with self._sessions() as session:
+                row = get_label_set(session, label_set)
+                labels, stored_templates = row.classnames, row.templates
+            templates = templates or stored_templates
+        try:
+            labels = check_labels(list(labels))
+            templates = check_templates(list(templates) if templates else None)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        if len(labels) > self.limits.max_labels:
+            raise InvalidRequest(f"{len(labels)} labels is more than the limit of "
+                                 f"{self.limits.max_labels}; split them over several requests")
+        templates = templates or list(DEFAULT_TEMPLATES)
+        if len(templates) > self.limits.max_templates:
+            raise InvalidRequest(f"{len(templates)} templates is more than the limit of "
+                                 f"{self.limits.max_templates}")
+        return labels, templates
+
+    def check_batch(self, n_images: int) -> None:
+        if n_images < 1:
+            raise InvalidRequest("send at least one image")
+        if n_images > self.limits.max_batch_images:
+            raise InvalidRequest(f"{n_images} images is more than the limit of "
+                                 f"{self.limits.max_batch_images} per request; split the batch")
+
+    async def classify(self, files: list[tuple[str, bytes]], *, labels: Sequence[str] | None = None,
+                       label_set: str | None = None, templates: Sequence[str] | None = None,
+                       top_k: int = 5) -> Classification:
+        """Rank the labels for each (filename, bytes) image."""
+        started = time.perf_counter()
+        self.check_batch(len(files))
+        if top_k < 1:
+            raise InvalidRequest("top_k must be at least 1")
+        served = self.holder.require()  # this request's one version, for images and text alike
+        self.batcher.admit(len(files))
+        try:
+            def prepare():
+                names, tmpl = self._resolve(labels, label_set, templates)
+                pixels = preprocess_images(files, served.preprocess,
+                                           max_pixels=self.limits.max_image_pixels)
+                return names, pixels, self.holder.head(served, names, tmpl)
+
+            classnames, pixels, head = await asyncio.to_thread(prepare)
+        except BaseException:
+            self.batcher.release(len(files))
+            raise
+        ranked = await self.batcher.submit(served, pixels, head, top_k)
+        return Classification(served.version, [name for name, _ in files],
+                              [[(classnames[i], p) for i, p in row] for row in ranked],
+                              time.perf_counter() - started)

@@ -1,0 +1,50 @@
+"""The per-app objects (settings, database, model holder, batcher, metrics), built once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import db
+from .batching import MicroBatcher
+from .classify import Classifier, Limits
+from .metrics import Metrics
+from .serving import ModelHolder
+from .settings import Settings
+
+__all__ = ["Services", "build_services"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    metrics: Metrics
+    holder: ModelHolder
+    batcher: MicroBatcher
+    classifier: Classifier
+    celery: Celery  # only sends update jobs; opens no connection until the first send
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire the service objects; opens no connection and loads no model (that is startup's job)."""
+    engine = db.make_engine(settings.database_url)
+    sessions = db.make_session_factory(engine)
+    metrics = Metrics()
+    holder = ModelHolder(sessions, settings.torch_device, head_cache_size=settings.head_cache_size,
+                         on_swap=metrics.on_swap,
+                         on_failure=lambda version, exc: metrics.swap_failures.inc())
+    batcher = MicroBatcher(max_size=settings.batch_max_size,
+                           max_wait_s=settings.batch_max_wait_ms / 1000,
+                           queue_max=settings.queue_max, on_batch=metrics.batch_size.observe)
+    metrics.watch(holder.heads, lambda: batcher.depth)
+    limits = Limits(settings.max_labels, settings.max_batch_images, settings.max_image_pixels,
+                    settings.max_templates)
+    classifier = Classifier(holder, batcher, sessions, limits)
+    from worker.celery_app import create_celery
+    return Services(settings, engine, sessions, metrics, holder, batcher, classifier,
+                    create_celery(settings))

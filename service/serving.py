@@ -1,0 +1,227 @@
+"""The served model and its zero-downtime hot-swap.
+
+A :class:`ServedModel` is one loaded, warmed version with everything a request needs (model,
+transform, tokenizer, id). :class:`ModelHolder` owns the single reference to the current one:
+a swap loads and warms the new version off the request path, then replaces that reference.
+A request reads the reference once and uses that object throughout, so image features and the
+text head always come from the same version, and in-flight requests finish on the old model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+from torch import nn
+
+from zscl_core import HeadCache, ZSCLError, build_head, load_version
+
+from . import registry
+from .errors import NotReady
+
+__all__ = ["ServedModel", "load_served", "ModelHolder"]
+
+logger = logging.getLogger(__name__)
+
+WARMUP_TEMPLATES = ("a photo of a {}.",)
+RETRY_FIRST_S = 1.0  # a version that failed to load (files still arriving?) is retried with
+RETRY_MAX_S = 60.0   # exponential back-off, so a fixed version is picked up without a restart
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One loaded version. Immutable once published; compared by identity."""
+
+    version: str
+    generation: int
+    model: nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable
+    device: str
+    logit_scale: float
+    loaded_at: float = field(default_factory=time.time)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised image features of a preprocessed batch, (n, dim)."""
+        return self.model.encode_image(pixels.to(self.device), normalize=True).float()
+
+    @torch.inference_mode()
+    def build_head(self, classnames, templates) -> torch.Tensor:
+        return build_head(self.model, self.tokenizer, classnames, templates, device=self.device).float()
+
+
+def load_served(path: Path, version: str, generation: int, device: str) -> ServedModel:
+    """Load a saved version and warm it (one image and one text forward) so its first request
+    pays no lazy-initialisation cost. Blocking: call it in a thread."""
+    loaded = load_version(path, device=device)
+    model = loaded.model.eval()
+    scale = float(model.logit_scale.detach().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 100.0
+    served = ServedModel(version, generation, model, loaded.preprocess_val, loaded.tokenizer,
+                         str(device), scale)
+    blank = served.preprocess(Image.new("RGB", (64, 64)))
+    served.encode_images(blank.unsqueeze(0))
+    served.build_head(["warm-up"], WARMUP_TEMPLATES)
+    return served
+
+
+class ModelHolder:
+    """Holds the served model and keeps it in line with the durable pointer.
+
+    Args:
+        session_factory: opens database sessions (the pointer and version rows).
+        device: where models are loaded.
+        head_cache_size: text heads kept per process (keyed by version, labels, templates).
+        on_swap: called as ``on_swap(old, new, trigger)`` after each swap (metrics).
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session], device: str, *,
+                 head_cache_size: int = 128,
+                 on_swap: Callable[[ServedModel | None, ServedModel, str], None] | None = None,
+                 on_failure: Callable[[str, Exception], None] | None = None):
+        self._sessions = session_factory
+        self.device = device
+        self.heads = HeadCache(head_cache_size)
+        self._current: ServedModel | None = None
+        self._lock = asyncio.Lock()
+        self._on_swap = on_swap
+        self._on_failure = on_failure
+        self._failed: dict[tuple[str, int], tuple[float, float]] = {}  # -> (retry at, delay)
+        self.last_error: str | None = None
+        self.phase: str | None = "starting"  # what /readyz reports while nothing is served
+
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    def require(self) -> ServedModel:
+        """The served model, for one request to use throughout; 503 while none is ready."""
+        served = self._current
+        if served is None:
+            hint = f" (last error: {self.last_error})" if self.last_error else ""
+            raise NotReady(f"the model is still loading; retry shortly{hint}")
+        return served
+
+    def head(self, served: ServedModel, classnames, templates) -> torch.Tensor:
+        """The text head of ``served`` for these labels, from the LRU cache. Blocking."""
+        key = HeadCache.key(served.version, classnames, templates)
+        return self.heads.get_or_build(key, lambda: served.build_head(classnames, templates))
+
+    def _read_pointer(self) -> tuple[str | None, int, str | None]:
+        with self._sessions() as session:
+            version, generation = registry.get_serving(session)
+            path = registry.get_version(session, version).path if version else None
+        return version, generation, path
+
+    async def sync(self, trigger: str) -> bool:
+        """Serve the version the pointer names, loading it if needed; True when it swapped.
+
+        Loading runs in a worker thread; a version that fails to load is logged once, retried
+        with back-off, and the current model keeps serving meanwhile.
+        """
+        async with self._lock:
+            version, generation, path = await asyncio.to_thread(self._read_pointer)
+            current = self._current
+            if version is None or (current is not None and current.version == version):
+                return False
+            failure = self._failed.get((version, generation))
+            if failure is not None and time.monotonic() < failure[0]:
+                return False  # failed recently: wait for the back-off before trying again
+            started = time.perf_counter()
+            if current is None:
+                self.phase = f"loading version {version}"
+            try:
+                new = await asyncio.to_thread(load_served, Path(path), version, generation, self.device)
+            except (ZSCLError, OSError, RuntimeError) as exc:
+                delay = min(failure[1] * 2, RETRY_MAX_S) if failure else RETRY_FIRST_S
+                self._failed[(version, generation)] = (time.monotonic() + delay, delay)
+                self.last_error = f"version {version}: {exc}"
+                (logger.error if failure is None else logger.debug)(
+                    "could not load version %s (generation %d): %s; still serving %s; retrying "
+                    "in %.0fs", version, generation, exc, current.version if current else "nothing", delay)
+                if self._on_failure and failure is None:
+                    self._on_failure(version, exc)
+                return False
+            self._failed.pop((version, generation), None)
+            self._current = new
+            self.last_error = None
+            logger.info("now serving %s (generation %d, via %s, loaded in %.2fs)",
+                        version, generation, trigger, time.perf_counter() - started)
+            if self._on_swap:
+                self._on_swap(current, new, trigger)
+            return True
+
+    async def activate(self, version_id: str) -> tuple[ServedModel, int, str | None]:
+        """Load and warm ``version_id``, then point serving at it and swap (admin activate).
+
+        The version is loaded before the pointer moves, so a version that cannot be loaded is
+        refused (its error propagates) and nothing changes anywhere.
+
+        Returns:
+            (the served model, the pointer's new generation, the version served before).
+        """
+        async with self._lock:
+            def load() -> ServedModel:
+                with self._sessions() as session:
+                    path = registry.get_version(session, version_id).path
+                return load_served(Path(path), version_id, 0, self.device)
+
+            def move_pointer() -> int:
+                with self._sessions() as session:
+                    registry.activate(session, version_id)
+                    return registry.get_serving(session)[1]
+
+            current = self._current
+            new = current if current is not None and current.version == version_id \
+                else await asyncio.to_thread(load)
+            generation = await asyncio.to_thread(move_pointer)
+            if new is not current:
+                new.generation = generation  # not yet published: no request holds it
+                self._current = new
+                self.last_error = None
+                if self._on_swap:
+                    self._on_swap(current, new, "api")
+            return new, generation, (current.version if current else None)
+
+    async def reconcile_forever(self, interval_s: float) -> None:
+        """Re-read the pointer every ``interval_s``: how a process that missed a message
+        (or runs beside a worker in embedded mode) converges."""
+        while True:
+            try:
+                await self.sync("reconcile")
+            except Exception:  # keep reconciling whatever one round hit (e.g. DB locked)
+                logger.exception("reconcile round failed; retrying in %.1fs", interval_s)
+            await asyncio.sleep(interval_s)
+
+    async def listen_forever(self, redis_url: str, channel: str = registry.CHANNEL,
+                             retry_s: float = 0.5, max_retry_s: float = 10.0) -> None:
+        """Follow Redis pub/sub pointer notifications (distributed mode), reconnecting forever
+        with exponential back-off; reconcile covers whatever is missed meanwhile."""
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        delay = retry_s
+        while True:
+            client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    logger.info("listening for model changes on %s", channel)
+                    delay = retry_s
+                    await self.sync("pubsub")  # anything published while we were away
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await self.sync("pubsub")
+            except (RedisError, OSError) as exc:
+                logger.warning("pub/sub connection lost (%s); reconnecting in %.1fs", exc, delay)
+            finally:
+                await client.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_retry_s)

@@ -1,0 +1,139 @@
+"""One settings object per process, read from the environment (prefix ``ZSCL_``).
+
+Bad values fail at startup with a message naming the variable, never at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything the API (and the worker) needs to know, with safe embedded defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="ZSCL_", env_file=None, extra="ignore",
+                                      validate_default=True)
+
+    # storage
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under data_dir")
+    broker_url: str | None = Field(None, description="Celery broker; default embedded SQLite (kombu sqla)")
+    redis_url: str | None = Field(None, description="set for distributed mode (pub/sub notifications)")
+
+    # model
+    model: str = Field("starter", min_length=1,
+                       description="'starter', an open_clip name, a config JSON path or a version dir")
+    pretrained: str | None = None
+    device: str = "cpu"
+
+    # auth
+    admin_key: SecretStr | None = None
+    inference_key: SecretStr | None = None
+
+    # limits
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    max_labels: int = Field(2_000, gt=0)
+    max_batch_images: int = Field(64, gt=0)
+    max_templates: int = Field(64, gt=0)
+
+    # micro-batching and inference
+    batch_max_size: int = Field(32, gt=0)
+    batch_max_wait_ms: float = Field(5.0, ge=0)
+    queue_max: int = Field(512, gt=0, description="images waiting for inference before 429")
+    torch_threads: int | None = Field(None, gt=0)
+    head_cache_size: int = Field(128, gt=0)
+
+    # hot-swap
+    reconcile_interval_s: float = Field(1.0, gt=0)
+
+    # datasets and update jobs
+    max_dataset_bytes: int = Field(512 * 1024 * 1024, gt=0, description="largest dataset archive")
+    max_dataset_files: int = Field(50_000, gt=0)
+    max_dataset_total_bytes: int = Field(2 * 1024 ** 3, gt=0, description="uncompressed")
+    max_compression_ratio: float = Field(100.0, gt=1)
+    min_images_per_class: int = Field(2, ge=1)
+    reference_dir: Path | None = Field(None, description="unlabelled images for distillation; "
+                                       "default: train images of the learned datasets")
+    job_soft_time_limit_s: int = Field(6 * 3600, gt=0)
+    job_hard_time_limit_s: int = Field(6 * 3600 + 300, gt=0)
+    job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="a running job without a "
+                                           "heartbeat for this long is failed (worker lost)")
+    start_worker: bool = Field(True, description="embedded mode: `zscl serve` also starts one "
+                               "worker process")
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("cpu", "auto") and not value.startswith("cuda") and value != "mps":
+            raise ValueError("ZSCL_DEVICE must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("ZSCL_REDIS_URL must start with redis://, rediss:// or unix:// "
+                             "(leave it unset for embedded mode)")
+        return value or None
+
+    @field_validator("admin_key", "inference_key")
+    @classmethod
+    def _key_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 8:
+            raise ValueError("API keys must be at least 8 characters (e.g. `openssl rand -hex 16`)")
+        return value
+
+    @model_validator(mode="after")
+    def _derived_urls(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'zscl.sqlite'}")
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", f"sqla+sqlite:///{data_dir / 'broker.sqlite'}")
+        return self
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.data_dir / "versions"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    def ingest_limits(self):
+        from .ingest import IngestLimits  # lazy: settings stay cheap to import
+
+        return IngestLimits(max_archive_bytes=self.max_dataset_bytes,
+                            max_files=self.max_dataset_files,
+                            max_total_bytes=self.max_dataset_total_bytes,
+                            max_compression_ratio=self.max_compression_ratio,
+                            max_image_pixels=self.max_image_pixels,
+                            min_images_per_class=self.min_images_per_class)
+
+    @property
+    def distributed(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def torch_device(self) -> str:
+        """The concrete device: 'auto' picks CUDA when it is available."""
+        if self.device != "auto":
+            return self.device
+        import torch  # lazy: settings stay cheap to import
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def ensure_dirs(self) -> None:
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(self.data_dir, exist_ok=True)

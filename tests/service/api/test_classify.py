@@ -1,0 +1,100 @@
+import base64
+
+from tests.service.conftest import (ADMIN_KEY, INFERENCE_KEY, classify_files, make_settings, png_bytes,
+                                    running_client)
+
+
+def _top(response):
+    return [r["labels"][0]["label"] for r in response.json()["results"]]
+
+
+def test_colour_model_answers_by_construction(client):
+    response = classify_files(client, *[(f"{c}.png", png_bytes(c)) for c in ("red", "green", "blue", "yellow")])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "v-colour" == response.headers["X-Model-Version"]
+    assert _top(response) == ["red", "green", "blue", "yellow"]
+    assert [r["image"] for r in body["results"]] == ["red.png", "green.png", "blue.png", "yellow.png"]
+    first = body["results"][0]["labels"]
+    assert len(first) == 4 and first[0]["probability"] > 0.99
+    assert abs(sum(s["probability"] for s in first) - 1.0) < 1e-4
+    assert body["time_ms"] > 0
+
+
+def test_json_base64_with_top_k_and_templates(client):
+    payload = {"images": [base64.b64encode(png_bytes("blue")).decode(),
+                          {"name": "g", "data": "data:image/png;base64," + base64.b64encode(png_bytes("green")).decode()}],
+               "labels": ["red", "green", "blue"], "templates": ["a photo of a {}."], "top_k": 2}
+    response = client.post("/v1/classify", json=payload)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["image"] for r in results] == ["image-0", "g"]
+    assert [len(r["labels"]) for r in results] == [2, 2]
+    assert _top(response) == ["blue", "green"]
+
+
+def test_label_set_by_name(client):
+    put = client.put("/v1/label-sets/colours", json={"classnames": ["yellow", "red"], "templates": ["{}"]},
+                     headers={"X-API-Key": ADMIN_KEY})
+    assert put.status_code == 200, put.text
+    response = client.post("/v1/classify", files=[("images", ("r.png", png_bytes("red")))],
+                           data={"label_set": "colours"})
+    assert _top(response) == ["red"]
+    assert [s["label"] for s in response.json()["results"][0]["labels"]] == ["red", "yellow"]
+    missing = client.post("/v1/classify", files=[("images", ("r.png", png_bytes("red")))],
+                          data={"label_set": "nope"})
+    assert missing.status_code == 404 and "PUT /v1/label-sets/nope" in missing.json()["detail"]
+
+
+def test_corrupt_image_is_422_naming_the_file(client):
+    response = classify_files(client, ("ok.png", png_bytes("red")), ("holiday.jpg", b"\xff\xd8 not a jpeg"))
+    assert response.status_code == 422
+    assert "holiday.jpg" in response.json()["detail"]
+    truncated = png_bytes("red", size=64)[:80]
+    response = classify_files(client, ("cut.png", truncated))
+    assert response.status_code == 422 and "cut.png" in response.json()["detail"]
+    assert client.get("/readyz").status_code == 200  # and the service is fine afterwards
+
+
+def test_request_validation_errors_say_what_to_do(client):
+    both = classify_files(client, ("r.png", png_bytes("red")), label_set="x")
+    assert both.status_code == 422 and "either" in both.json()["detail"]
+    dup = classify_files(client, ("r.png", png_bytes("red")), labels="red,red")
+    assert dup.status_code == 422 and "unique" in dup.json()["detail"]
+    bad_template = classify_files(client, ("r.png", png_bytes("red")), templates="no placeholder")
+    assert bad_template.status_code == 422 and "{}" in bad_template.json()["detail"]
+    none = client.post("/v1/classify", data={"labels": "a,b"}, files=[("other", ("x", b"1"))])
+    assert none.status_code == 422 and "at least one image" in none.json()["detail"]
+    text = client.post("/v1/classify", content=b"hi", headers={"content-type": "text/plain"})
+    assert text.status_code == 415
+    bad_b64 = client.post("/v1/classify", json={"images": ["***"], "labels": ["a"]})
+    assert bad_b64.status_code == 422 and "base64" in bad_b64.json()["detail"]
+
+
+def test_limits(data_dir):
+    settings = make_settings(data_dir, max_upload_bytes=20_000, max_labels=3, max_batch_images=2,
+                             max_image_pixels=64 * 64)
+    with running_client(settings) as client:
+        big = classify_files(client, ("big.png", b"\x89PNG" + bytes(30_000)))
+        assert big.status_code == 413 and "20000 bytes" in big.json()["detail"]
+        assert big.headers["X-Model-Version"] == "v-colour"
+        # a chunked body (no Content-Length) is counted as it arrives
+        chunked = client.post("/v1/classify", content=iter([b"x" * 15_000, b"x" * 15_000]),
+                              headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+        pixels = classify_files(client, ("huge.png", png_bytes("red", size=65)), labels="red,blue")
+        assert pixels.status_code == 413 and "huge.png" in pixels.json()["detail"]
+        labels = classify_files(client, ("r.png", png_bytes("red")))
+        assert labels.status_code == 422 and "4 labels" in labels.json()["detail"]
+        batch = classify_files(client, *[(f"{i}.png", png_bytes("red")) for i in range(3)], labels="red,blue")
+        assert batch.status_code == 422 and "split the batch" in batch.json()["detail"]
+
+
+def test_inference_key(data_dir):
+    with running_client(make_settings(data_dir, inference_key=INFERENCE_KEY)) as client:
+        image = ("r.png", png_bytes("red"))
+        assert classify_files(client, image).status_code == 401
+        assert classify_files(client, image, headers={"X-API-Key": "wrong-key-000"}).status_code == 403
+        assert classify_files(client, image, headers={"X-API-Key": INFERENCE_KEY}).status_code == 200
+        assert classify_files(client, image, headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+        assert client.get("/readyz").status_code == 200  # health stays open

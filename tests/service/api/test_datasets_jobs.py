@@ -1,0 +1,119 @@
+"""Dataset upload and job endpoints over HTTP: bad input is a clear 4xx and leaves nothing."""
+
+import io
+import zipfile
+
+import pytest
+
+from tests.service.conftest import ADMIN_KEY
+from tests.service.test_ingest import colour_files, encode, huge_png, zip_info
+from tests.synthetic import stripe_task
+
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+def _zip(files: dict[str, bytes], extra=()) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        for info, data in extra:
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def _post(client, body: bytes, name="pets", content_type="application/zip", headers=ADMIN, **params):
+    return client.post("/v1/datasets", content=body, params={"name": name, **params},
+                       headers={**headers, "Content-Type": content_type})
+
+
+def _nothing_stored(client, data_dir):
+    assert client.get("/v1/datasets").json() == []
+    store = data_dir / "datasets"
+    assert not store.exists() or [p.name for p in store.iterdir()] == []
+
+
+def _truncated_jpeg() -> bytes:
+    items, _, _ = stripe_task(1, seed=0)
+    return encode(items[0].resize((64, 64)), "JPEG")[:300]
+
+
+BAD = {
+    "dotdot": (lambda: _zip({**colour_files(3), "../evil/x.png": encode_any()}), 422, "'..'"),
+    "symlink": (lambda: _zip(colour_files(3), [(zip_info("red/link.png", 0o120777), b"/etc/passwd")]),
+                422, "link"),
+    "bomb": (lambda: _zip({**colour_files(3), "red/zeros.png": b"\0" * (20 * 1024 * 1024)}), 413,
+             "compress"),
+    "non-image": (lambda: _zip({**colour_files(3), "red/notes.txt": b"hello"}), 422, "notes.txt"),
+    "one-class": (lambda: _zip({k: v for k, v in colour_files(3).items() if k.startswith("red/")}),
+                  422, "class"),
+    "truncated-jpeg": (lambda: _zip({**colour_files(3), "red/cut.jpg": _truncated_jpeg()}), 422,
+                       "cut.jpg"),
+    "pixel-bomb": (lambda: _zip({**colour_files(3), "red/huge.png": huge_png(100_000, 100_000)}),
+                   422, "huge.png"),
+}
+
+
+def encode_any() -> bytes:
+    return next(iter(colour_files(1).values()))
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_dataset_upload_is_a_4xx_naming_the_problem(client, data_dir, case):
+    build, status, needle = BAD[case]
+    response = _post(client, build())
+    assert response.status_code == status, response.text
+    assert needle.lower() in response.json()["detail"].lower()
+    _nothing_stored(client, data_dir)
+
+
+def test_empty_class_folder_is_refused(client, data_dir):
+    body = _zip(colour_files(3), [(zip_info("purple/", 0o40755), b"")])
+    response = _post(client, body)
+    assert response.status_code == 422 and "purple" in response.json()["detail"]
+    _nothing_stored(client, data_dir)
+
+
+def test_upload_needs_admin_key_and_archive_content_type(client, data_dir):
+    body = _zip(colour_files(3))
+    assert _post(client, body, headers={}).status_code == 401
+    assert _post(client, body, headers={"X-API-Key": "wrong-key-123"}).status_code == 403
+    response = _post(client, b"just text", content_type="text/plain")
+    assert response.status_code in (415, 422) and "zip" in response.json()["detail"].lower()
+    _nothing_stored(client, data_dir)
+
+
+def test_upload_list_get_dedupe_suite_and_delete(client, data_dir):
+    body = _zip(colour_files(4))
+    first = _post(client, body, name="colours")
+    assert first.status_code == 201, first.text
+    dataset = first.json()
+    assert dataset["classnames"] == ["blue", "green", "red", "yellow"]
+    assert dataset["n_train"] + dataset["n_test"] == 16
+    again = _post(client, body, name="colours")
+    assert again.status_code == 200 and again.json()["id"] == dataset["id"]
+    assert client.get(f"/v1/datasets/{dataset['id']}").json()["name"] == "colours"
+    assert client.get("/v1/datasets/ffff").status_code == 404
+    suite = client.put(f"/v1/datasets/{dataset['id']}/suite", json={"suite": True}, headers=ADMIN)
+    assert suite.status_code == 200 and suite.json()["is_suite"] is True
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"]}, headers=ADMIN)
+    assert job.status_code == 422 and "suite" in job.json()["detail"]
+    assert client.delete(f"/v1/datasets/{dataset['id']}", headers=ADMIN).status_code == 204
+    _nothing_stored(client, data_dir)
+
+
+def test_job_validation_and_unknown_ids(client):
+    dataset = _post(client, _zip(colour_files(4)), name="colours").json()
+    bad = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "hparams": {"lr": 5}},
+                      headers=ADMIN)
+    assert bad.status_code == 422 and "lr" in bad.json()["detail"]
+    bad = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "method": "sgd"}, headers=ADMIN)
+    assert bad.status_code == 422 and "method" in bad.json()["detail"]
+    bad = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "gate": {"max_loss": 1}},
+                      headers=ADMIN)
+    assert bad.status_code == 422 and "gate" in bad.json()["detail"]
+    missing = client.post("/v1/jobs", json={"dataset_id": "abcdef"}, headers=ADMIN)
+    assert missing.status_code == 404
+    assert client.get("/v1/jobs/abcdef").status_code == 404
+    assert client.post("/v1/jobs/abcdef/cancel", headers=ADMIN).status_code == 404
+    assert client.get("/v1/jobs").json() == []

@@ -1,0 +1,98 @@
+import asyncio
+import time
+
+import pytest
+import torch
+
+from service.batching import MicroBatcher
+from service.errors import QueueFull
+from service.imaging import preprocess_images
+from service.serving import load_served
+from tests.service.conftest import png_bytes
+
+LABELS = ["red", "green", "blue", "yellow"]
+
+
+@pytest.fixture(scope="module")
+def served_pair(colour_versions):
+    root = colour_versions / "versions"
+    return (load_served(root / "v-colour", "v-colour", 1, "cpu"),
+            load_served(root / "v-swapped", "v-swapped", 2, "cpu"))
+
+
+def _job(served, colour):
+    pixels = preprocess_images([("x", png_bytes(colour))], served.preprocess, max_pixels=10_000)
+    return pixels, served.build_head(LABELS, ["{}"])
+
+
+def test_concurrent_requests_share_one_forward_and_versions_stay_apart(served_pair):
+    plain, swapped = served_pair
+    sizes = []
+
+    async def scenario():
+        batcher = MicroBatcher(max_size=32, max_wait_s=1.0, queue_max=100, on_batch=sizes.append)
+        batcher.start()
+        jobs = [(plain, "red"), (swapped, "red"), (plain, "blue"), (swapped, "blue"), (plain, "green")]
+        batcher.admit(len(jobs))
+        results = await asyncio.gather(*[batcher.submit(s, *_job(s, c), top_k=1) for s, c in jobs])
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert sizes == [5]
+    assert [LABELS[r[0][0][0]] for r in results] == ["red", "green", "blue", "blue", "green"]
+
+
+def test_mixing_versions_would_show(served_pair):
+    """The check the hot-swap test relies on: one version's image features with the other's
+    text head give an answer neither version gives."""
+    plain, swapped = served_pair
+    for image_model, text_model in ((plain, swapped), (swapped, plain)):
+        pixels = preprocess_images([("x", png_bytes("red"))], image_model.preprocess, max_pixels=10_000)
+        logits = image_model.encode_images(pixels) @ text_model.build_head(LABELS, ["{}"])
+        assert LABELS[int(logits.argmax())] == "blue"
+
+
+def test_a_lone_request_does_not_wait_for_company(served_pair):
+    plain, _ = served_pair
+
+    async def scenario():
+        batcher = MicroBatcher(max_size=32, max_wait_s=10.0, queue_max=100)
+        batcher.start()
+        batcher.admit(1)
+        started = time.perf_counter()
+        result = await batcher.submit(plain, *_job(plain, "yellow"), top_k=2)
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        return result, elapsed
+
+    result, elapsed = asyncio.run(scenario())
+    assert elapsed < 2.0
+    assert LABELS[result[0][0][0]] == "yellow" and len(result[0]) == 2
+
+
+def test_full_queue_is_429_with_retry_after():
+    batcher = MicroBatcher(max_size=4, max_wait_s=0.0, queue_max=3)
+    batcher.admit(2)
+    with pytest.raises(QueueFull) as info:
+        batcher.admit(2)
+    assert info.value.status_code == 429 and info.value.headers == {"Retry-After": "1"}
+    batcher.release(2)
+    batcher.admit(3)
+
+
+def test_probabilities_match_an_unbatched_forward(served_pair):
+    plain, _ = served_pair
+    pixels, head = _job(plain, "red")
+    expected = (plain.logit_scale * plain.encode_images(pixels) @ head).softmax(-1)[0]
+
+    async def scenario():
+        batcher = MicroBatcher(max_size=8, max_wait_s=0.0, queue_max=10)
+        batcher.start()
+        batcher.admit(1)
+        out = await batcher.submit(plain, pixels, head, top_k=4)
+        await batcher.stop()
+        return out
+
+    ranked = asyncio.run(scenario())[0]
+    assert torch.allclose(torch.tensor([p for _, p in sorted(ranked)]), expected, atol=1e-6)

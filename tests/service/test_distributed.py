@@ -1,0 +1,173 @@
+"""Two real API processes (`zscl serve`) on one real Redis: pub/sub swaps both within 2 s; a
+process cut off from Redis during a change converges by its periodic reconcile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service import registry
+from service.db import create_all, make_engine, make_session_factory
+from tests.service.conftest import ADMIN_KEY
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cable:
+    """A TCP forwarder standing for the network between one API process and Redis; pulling
+    it closes that process's connections and refuses new ones, while Redis runs on."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.plugged = True
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.plugged:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def pull(self) -> None:
+        self.plugged = False
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.pull()
+        self.listener.close()
+
+
+def start_api(data_dir: Path, port: int, redis_url: str, reconcile_s: float, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "ZSCL_DATA_DIR": str(data_dir), "ZSCL_MODEL": str(data_dir / "versions" / "v-colour"),
+           "ZSCL_REDIS_URL": redis_url, "ZSCL_ADMIN_KEY": ADMIN_KEY, "ZSCL_PORT": str(port),
+           "ZSCL_RECONCILE_INTERVAL_S": str(reconcile_s), "ZSCL_TORCH_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def served(port: int) -> str | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).headers["X-Model-Version"]
+    except httpx.HTTPError:
+        return None
+
+
+def wait_until(predicate, timeout_s: float, step_s: float = 0.02) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(step_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def swaps(port: int, trigger: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    prefix = f'zscl_model_swaps_total{{trigger="{trigger}"}} '
+    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+@pytest.mark.slow
+def test_two_processes_follow_redis_and_reconcile(data_dir, tmp_path):
+    redis_port = free_port()
+    redis_proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
+                                   "--appendonly", "no", "--bind", "127.0.0.1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cable = Cable(redis_port)
+    ports = free_port(), free_port()
+    logs = tmp_path / "a.log", tmp_path / "b.log"
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    procs = []
+    try:
+        # A hears pub/sub and reconciles rarely; B reaches Redis through the cable
+        procs.append(start_api(data_dir, ports[0], redis_url, 30.0, logs[0]))
+        procs.append(start_api(data_dir, ports[1], f"redis://127.0.0.1:{cable.port}/0", 2.0, logs[1]))
+        for port in ports:
+            wait_until(lambda p=port: served(p) == "v-colour", 90, 0.2)
+        probe = redis.Redis(port=redis_port)
+        wait_until(lambda: probe.pubsub_numsub(registry.CHANNEL)[0][1] == 2, 10)  # both subscribed
+        probe.close()
+
+        # 1. a worker promotes v-swapped: DB compare-and-swap, then a pub/sub message
+        engine = make_engine(f"sqlite:///{data_dir / 'zscl.sqlite'}")
+        create_all(engine)
+        with make_session_factory(engine)() as session:
+            assert registry.activate(session, "v-swapped", expected_current="v-colour")
+            _, generation = registry.get_serving(session)
+        engine.dispose()
+        assert registry.notify(redis_url, "v-swapped", generation)
+        wait_until(lambda: all(served(p) == "v-swapped" for p in ports), 2.0)
+        assert swaps(ports[0], "pubsub") == 1  # A's reconcile is 30 s away: pub/sub did it
+
+        # 2. B is cut off from Redis; an operator rolls back through A
+        cable.pull()
+        rollback = httpx.post(f"http://127.0.0.1:{ports[0]}/v1/models/v-colour/activate",
+                              headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+        assert rollback.status_code == 200 and rollback.json()["notified"] is True
+        assert served(ports[0]) == "v-colour"
+        wait_until(lambda: served(ports[1]) == "v-colour", 10.0, 0.1)
+        assert swaps(ports[1], "reconcile") >= 1
+
+        # 3. Ctrl-C stops each process cleanly
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc, port, log in zip(procs, ports, logs):
+            assert proc.wait(timeout=20) == 0, log.read_text()[-3000:]
+            output = log.read_text()
+            assert f"http://127.0.0.1:{port}" in output and f"http://127.0.0.1:{port}/docs" in output
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        cable.close()
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
