@@ -1,6 +1,6 @@
 """Cost of one ZSCL training step relative to one Continual-FT step, same model and batch.
 
-    python -m benchmarks.step_cost [--model ViT-B-32] [--batch 16] [--steps 5]
+    python -m benchmarks.step_cost [--model ViT-B-32] [--batch 16] [--steps 3] [--rounds 3]
 
 Times optimizer steps inside zscl_core.run_update (through its on_step hook; the first step,
 which includes set-up, is dropped) for Continual-FT and for ZSCL with
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps + 1 warm-up")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (+ 1 warm-up) per run")
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
@@ -70,20 +71,31 @@ def main(argv: list[str] | None = None) -> int:
     texts = default_reference_texts()
     base = dict(steps=args.steps + 1, batch_size=args.batch, warmup_steps=0, lr=1e-5)
 
+    variants = [("continual_ft", None, None)]
+    for ref_batch in (args.batch, max(1, args.batch // 2)):
+        variants += [(f"zscl ref_batch={ref_batch} teacher cache {cache}", ref_batch, cache)
+                     for cache in ("warm", "cold")]
     print(f"model {args.model} (random weights), {size}px, batch {args.batch}, "
           f"{args.classes} classes, {len(texts)} reference texts, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}; median of {args.steps} steps")
-    cft = _median_step_seconds(loaded, task, names, UpdateConfig(method="continual_ft", **base))
-    print(f"{'continual_ft':<40} {cft:8.3f} s/step   1.00x")
-    for ref_batch in (args.batch, max(1, args.batch // 2)):
-        for cache in ("warm", "cold"):
+          f"torch threads {torch.get_num_threads()}; median of {args.steps} steps per run, "
+          f"{args.rounds} interleaved rounds (ratios are per round, then the median)")
+    times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    for _ in range(args.rounds):
+        for label, ref_batch, cache in variants:
+            if ref_batch is None:
+                config = UpdateConfig(method="continual_ft", **base)
+                times[label].append(_median_step_seconds(loaded, task, names, config))
+                continue
             n_ref = ref_batch if cache == "warm" else ref_batch * (args.steps + 1)
             reference = ReferenceSet(_RandomImages(n_ref, size), texts)
             config = UpdateConfig(method="zscl", ref_batch_size=ref_batch, **base)
-            t = _median_step_seconds(loaded, task, names, config, initial=initial,
-                                     reference=reference)
-            label = f"zscl ref_batch={ref_batch} teacher cache {cache}"
-            print(f"{label:<40} {t:8.3f} s/step   {t / cft:4.2f}x")
+            times[label].append(_median_step_seconds(loaded, task, names, config,
+                                                     initial=initial, reference=reference))
+    cft = times["continual_ft"]
+    for label, _, _ in variants:
+        ratio = statistics.median(t / c for t, c in zip(times[label], cft))
+        print(f"{label:<40} {statistics.median(times[label]):8.3f} s/step   {ratio:4.2f}x")
+    cft = statistics.median(cft)
     start = time.perf_counter()
     encode_texts(initial, loaded.tokenizer, texts, device=args.device)
     text_cost = time.perf_counter() - start

@@ -1,0 +1,150 @@
+"""Zero-shot accuracy, load time and speed of the offline starter model.
+
+Prints CIFAR-10 top-1 on the 10,000 test images of ``../shared/data/cifar10-subset.tar`` (CLIP's
+18 CIFAR prompt templates), Fashion-MNIST top-1 on its 10,000 test images (Debian package
+``dataset-fashion-mnist``), the time to load the saved starter, and images/s of the starter next
+to a ViT-B-32 with random weights, measured in the same run.
+
+    python -m benchmarks.starter_bench [--limit 1000] [--root DIR] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from zscl_core import (DEFAULT_TEMPLATES, LabelledImages, accuracy, build_head, load_version,
+                       scan_image_folder)
+from zscl_core.starter import ensure_starter
+
+logger = logging.getLogger("benchmarks.starter_bench")
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-subset.tar"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle boot"]
+# CLIP's CIFAR-10 prompts (Radford et al., 2021, prompt engineering notebook).
+CIFAR_TEMPLATES = tuple(f"a {a}photo of {b} {{}}." for b in ("a", "the") for a in (
+    "", "blurry ", "black and white ", "low contrast ", "high contrast ", "bad ", "good ",
+    "small ", "big "))
+
+
+def per_class_subset(labels, limit: int | None) -> list[int]:
+    """The first ``limit / classes`` indices of each class (all when limit is None)."""
+    if limit is None:
+        return list(range(len(labels)))
+    classes = sorted(set(labels))
+    per = max(1, limit // len(classes))
+    seen: dict[int, int] = {}
+    keep = []
+    for i, y in enumerate(labels):
+        if seen.get(y, 0) < per:
+            seen[y] = seen.get(y, 0) + 1
+            keep.append(i)
+    return keep
+
+
+def cifar10_test(workdir: Path, transform, limit: int | None) -> LabelledImages | None:
+    if not CIFAR_TAR.is_file():
+        return None
+    with tarfile.open(CIFAR_TAR) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith("cifar10/test/")]
+        tar.extractall(workdir, members=members, filter="data")
+    data = scan_image_folder(workdir / "cifar10" / "test", transform)
+    return data.subset(per_class_subset(data.labels, limit))
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as fh:
+        raw = fh.read()
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def fashion_mnist_test(transform, limit: int | None) -> LabelledImages | None:
+    images_path = FASHION_DIR / "t10k-images-idx3-ubyte.gz"
+    if not images_path.is_file():
+        return None
+    images = _idx(images_path)
+    labels = _idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz").tolist()
+    keep = per_class_subset(labels, limit)
+    return LabelledImages([Image.fromarray(images[i]) for i in keep], [labels[i] for i in keep],
+                          FASHION_CLASSES, transform)
+
+
+@torch.no_grad()
+def images_per_second(model, images: torch.Tensor, repeats: int = 3) -> float:
+    model.eval()
+    model.encode_image(images[:4])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.encode_image(images)
+    return repeats * len(images) / (time.perf_counter() - start)
+
+
+def zero_shot(loaded, data: LabelledImages, templates, device) -> float:
+    head = build_head(loaded.model, loaded.tokenizer, data.classnames, templates, device=device)
+    return accuracy(loaded.model, head, data, device=device, batch_size=250)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=None,
+                        help="evaluate on this many test images per dataset (balanced); default all")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="version store holding (or to hold) the starter; default a temp dir")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory(prefix="starter-bench-") as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        directory = ensure_starter(args.root or tmp / "versions", device=args.device)
+        print(f"starter ready in {time.perf_counter() - start:.1f} s ({directory.name})")
+        start = time.perf_counter()
+        loaded = load_version(directory, device=args.device)
+        print(f"load time of the saved starter: {time.perf_counter() - start:.2f} s")
+
+        cifar = cifar10_test(tmp, loaded.preprocess_val, args.limit)
+        if cifar is None:
+            print(f"CIFAR-10: skipped ({CIFAR_TAR} not found)")
+        else:
+            acc = zero_shot(loaded, cifar, CIFAR_TEMPLATES, args.device)
+            print(f"CIFAR-10 zero-shot top-1: {acc:.2f}% on {len(cifar)} test images")
+
+        fashion = fashion_mnist_test(loaded.preprocess_val, args.limit)
+        if fashion is None:
+            print(f"Fashion-MNIST: skipped ({FASHION_DIR} not found; "
+                  f"apt-get install dataset-fashion-mnist)")
+        else:
+            acc = zero_shot(loaded, fashion, DEFAULT_TEMPLATES, args.device)
+            print(f"Fashion-MNIST zero-shot top-1: {acc:.2f}% on {len(fashion)} test images")
+
+        photos = [Image.fromarray((np.random.default_rng(i).random((224, 224, 3)) * 255)
+                                  .astype(np.uint8)) for i in range(32)]
+        vit, _, vit_pre = open_clip.create_model_and_transforms("ViT-B-32", device=args.device)
+        starter_batch = torch.stack([loaded.preprocess_val(p) for p in photos]).to(args.device)
+        vit_batch = torch.stack([vit_pre(p) for p in photos]).to(args.device)
+        starter_speed = images_per_second(loaded.model, starter_batch)
+        vit_speed = images_per_second(vit, vit_batch)
+        print(f"images/s (batch 32, {args.device}, {torch.get_num_threads()} threads): "
+              f"starter {starter_speed:.1f} at {starter_batch.shape[-1]} px, "
+              f"ViT-B-32 (random weights) {vit_speed:.1f} at {vit_batch.shape[-1]} px")
+
+
+if __name__ == "__main__":
+    main()
