@@ -30,8 +30,9 @@ class UpdateConfig:
         ensemble_every: k, the weight-ensemble period in steps.
         wise_alpha: WiSE-FT weight of the fine-tuned model (0.8 in the paper).
         grad_accum: micro-batches per optimizer step.
-        trainable: "all" (both towers), "image" (image tower only) or "last:N" (last N blocks of
-            each tower); the logit scale never trains.
+        trainable: "all" (both towers), "image" (image tower only) or "last:N" (the last N
+            groups of each tower, counted as open_clip's tower locking does: 1 = the
+            projection, 2 = it and the last block, ...); the logit scale never trains.
         bf16: autocast to bfloat16 on CUDA (ignored on the CPU).
         max_grad_norm: gradient clipping (None: off).
         seed: seeds data order and augmentation.

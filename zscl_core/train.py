@@ -86,7 +86,10 @@ def trainable_parameters(model: nn.Module, trainable: str) -> dict[str, nn.Param
         for p in model.parameters():
             p.requires_grad_(True)
         model.lock_image_tower(unlocked_groups=n)
-        model.lock_text_tower(unlocked_layers=n)
+        try:
+            model.lock_text_tower(unlocked_layers=n)
+        except KeyError:  # open_clip's table of HF text towers lacks BERT's layer names
+            _lock_hf_text_tower(model.text, n)
         chosen = {k: p for k, p in model.named_parameters() if p.requires_grad}
     elif trainable == "image":
         chosen = {k: p for k, p in model.named_parameters() if k.startswith("visual.")}
@@ -100,6 +103,21 @@ def trainable_parameters(model: nn.Module, trainable: str) -> dict[str, nn.Param
     if not chosen:
         raise ConfigError(f"trainable={trainable!r} selects no parameter of this model")
     return chosen
+
+
+def _lock_hf_text_tower(text: nn.Module, unlocked_layers: int) -> None:
+    """Freeze a Hugging Face text tower except its last ``unlocked_layers`` encoder layers."""
+    transformer = getattr(text, "transformer", None)
+    encoder = getattr(transformer, "encoder", transformer)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ConfigError("trainable='last:N' cannot find this text tower's layers; use "
+                          "trainable='all' or 'image'")
+    for p in transformer.parameters():
+        p.requires_grad_(False)
+    for layer in list(layers)[-unlocked_layers:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
 
 
 @torch.no_grad()

@@ -172,3 +172,16 @@ def test_weight_constraint_gradient_equals_autograd_of_the_loss():
     for k, p in params.items():
         assert torch.allclose(p.grad, expected[k] + 1, atol=1e-6)
     assert value.item() == pytest.approx(0.7 * l2_weight_constraint(params, anchor).item(), rel=1e-5)
+
+
+def test_trainable_last_block_selects_the_last_blocks_and_never_the_logit_scale(tiny):
+    from zscl_core import trainable_parameters
+    # open_clip counts groups from the output: 1 = the projection, 2 = plus the last block
+    assert set(trainable_parameters(tiny.model, "last:1")) == {"visual.proj", "text_projection"}
+    chosen = trainable_parameters(tiny.model, "last:2")
+    assert "logit_scale" not in chosen
+    assert any(k.startswith("visual.transformer.resblocks.1.") for k in chosen)
+    assert not any(k.startswith("visual.transformer.resblocks.0.") for k in chosen)
+    assert not any(k.startswith("transformer.resblocks.0.") for k in chosen)
+    image_only = trainable_parameters(tiny.model, "image")
+    assert image_only and all(k.startswith("visual.") for k in image_only)

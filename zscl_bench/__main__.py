@@ -1,0 +1,7 @@
+"""``python -m zscl_bench mtil ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
