@@ -117,3 +117,26 @@ def test_job_validation_and_unknown_ids(client):
     assert client.get("/v1/jobs/abcdef").status_code == 404
     assert client.post("/v1/jobs/abcdef/cancel", headers=ADMIN).status_code == 404
     assert client.get("/v1/jobs").json() == []
+
+
+def test_job_create_is_idempotent_cancel_and_events_paginated_and_streamed(client):
+    dataset = _post(client, _zip(colour_files(4)), name="colours").json()
+    body = {"dataset_id": dataset["id"], "hparams": {"steps": 5, "warmup_steps": 1}}
+    first = client.post("/v1/jobs", json=body, headers={**ADMIN, "Idempotency-Key": "abc"})
+    assert first.status_code == 202, first.text
+    job = first.json()
+    assert job["state"] == "queued" and job["total_steps"] == 5 and job["hparams"]["lr"] == 1e-5
+    again = client.post("/v1/jobs", json=body, headers={**ADMIN, "Idempotency-Key": "abc"})
+    assert again.status_code == 200 and again.json()["id"] == job["id"]
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 401
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=ADMIN).json()
+    assert cancelled["state"] == "cancelled"  # queued: ends at once, the worker will skip it
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=ADMIN).status_code == 409
+    page = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1}).json()
+    assert [e["data"]["state"] for e in page["events"]] == ["queued"]
+    rest = client.get(f"/v1/jobs/{job['id']}/events", params={"after": page["next_after"]}).json()
+    assert [e["data"]["state"] for e in rest["events"]] == ["cancelled"]
+    stream = client.get(f"/v1/jobs/{job['id']}/events/stream")
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert "event: state" in stream.text and 'event: end\ndata: {"state": "cancelled"}' in stream.text
+    assert [j["id"] for j in client.get("/v1/jobs").json()] == [job["id"]]
