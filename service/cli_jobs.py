@@ -5,7 +5,6 @@ Registered in :data:`service.cli.COMMANDS`; they reuse its HTTP helpers.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import subprocess

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, NotFound
-from .ingest import IngestLimits, delete_dataset, ingest_dataset
+from .ingest import delete_dataset, ingest_dataset
 from .jobs_db import Dataset, Job
 from .settings import Settings
 

@@ -20,7 +20,6 @@ are seen. Every ``ensemble_every`` steps the weights are folded into a running u
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator

@@ -6,7 +6,6 @@ import io
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from service import db, registry

@@ -1,6 +1,5 @@
 """The update pipeline in-process (no broker): train, evaluate, gate, promote or not."""
 
-import numpy as np
 
 from service import jobs, registry
 from service.label_sets import get_label_set
