@@ -27,7 +27,7 @@ from service.settings import Settings
 from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, LoadedModel, ReferenceSet, UnlabelledImages,
                        UpdateCancelled, UpdateConfig, accuracy, build_head, default_reference_texts,
                        drift, evaluate_gate, load_version, run_update, save_version)
-from zscl_core.data import IMAGE_SUFFIXES
+from zscl_core.reference import list_images
 
 __all__ = ["JobRunner", "run_job"]
 
@@ -88,8 +88,7 @@ def _reference_images(settings: Settings, datasets: list[Dataset], transform, se
     """
     roots = ([Path(settings.reference_dir)] if settings.reference_dir
              else [Path(d.path) / "train" for d in datasets])
-    files = sorted(p for root in roots for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = list_images(*roots)
     random.Random(seed).shuffle(files)
     held = min(DRIFT_IMAGES, max(1, len(files) // 5))
     return UnlabelledImages(files[held:] or files, transform), UnlabelledImages(files[:held], transform)

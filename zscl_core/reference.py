@@ -19,7 +19,7 @@ from .data import IMAGE_SUFFIXES, UnlabelledImages
 from .errors import DatasetError
 
 __all__ = ["ReferenceSet", "default_reference_texts", "texts_from_classnames", "texts_from_file",
-           "images_from_folder"]
+           "images_from_folder", "list_images"]
 
 DEFAULT_REFERENCE_TEMPLATE = "a photo of a {}."
 
@@ -58,11 +58,16 @@ def texts_from_file(path: str | Path) -> list[str]:
     return texts
 
 
+def list_images(*roots: str | Path) -> list[Path]:
+    """Every image file under the given folders (recursively), sorted."""
+    return sorted(p for root in roots for p in Path(root).rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def images_from_folder(root: str | Path, transform: Callable | None = None, *,
                        limit: int | None = None, seed: int = 0) -> UnlabelledImages:
     """Every image under ``root`` (recursively, labels ignored), optionally a seeded sample."""
-    root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = list_images(root)
     if not files:
         raise DatasetError(f"no images under {root}")
     if limit is not None and limit < len(files):
