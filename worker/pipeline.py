@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +27,8 @@ from service.label_sets import put_label_set
 from service.settings import Settings
 from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, LoadedModel, ReferenceSet, UnlabelledImages,
                        UpdateCancelled, UpdateConfig, accuracy, build_head, default_reference_texts,
-                       drift, evaluate_gate, load_version, run_update, save_version)
+                       drift, encode_texts, evaluate_gate, get_method, load_version, run_update,
+                       save_version)
 from zscl_core.reference import list_images
 
 __all__ = ["JobRunner", "run_job"]
@@ -35,12 +37,14 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 DRIFT_IMAGES = 256
+CACHED_TEACHERS = 4
 
 
 @dataclass
 class _Evaluation:
     name: str
     kind: str
+    dataset_id: str
     classnames: list[str]
     test: object
 
@@ -101,6 +105,11 @@ class JobRunner:
         self.settings = settings
         self.sessions = sessions
         self.device = device
+        # Versions never change and datasets are content-addressed, so both caches stay valid
+        # for the life of the process: the served model's accuracy per (version, dataset), and
+        # the teacher's embeddings of the reference texts per teacher version.
+        self.scores: dict[tuple[str, str], float] = {}
+        self.teacher_texts: dict[str, torch.Tensor] = {}
 
     def run(self, job_id: str) -> str:
         """Run the job if it is still queued; returns its final state."""
@@ -153,10 +162,17 @@ class JobRunner:
         distil_images, drift_images = _reference_images(
             settings, [dataset, *learned], base.preprocess_val, config.seed)
         texts = default_reference_texts()
+        method = get_method(config.method)
+        text_features = None
+        if method.needs_reference:
+            teacher_id = root_row.id if method.teacher == "initial" else base_version
+            teacher = initial if method.teacher == "initial" else base.model
+            text_features = self._teacher_texts(teacher_id, teacher, base.tokenizer, texts)
 
         progress = _Progress(self.sessions, job_id, config.steps)
         result = run_update(base.model, base.tokenizer, train, classnames, config=config,
-                            initial=initial, reference=ReferenceSet(distil_images, texts),
+                            initial=initial,
+                            reference=ReferenceSet(distil_images, texts, text_features),
                             template=DEFAULT_TEMPLATES[0], device=device, on_step=progress,
                             should_cancel=progress.cancel_requested)
         with self.sessions() as session:
@@ -165,12 +181,13 @@ class JobRunner:
         candidate = copy.deepcopy(base.model)
         candidate.load_state_dict(result.state_dict)
         candidate.eval()
-        evaluations = ([_Evaluation(dataset.name, "new_task", classnames, test)]
+        evaluations = ([_Evaluation(dataset.name, "new_task", dataset.id, classnames, test)]
                        + [self._evaluation(d, "learned", base) for d in learned]
                        + [self._evaluation(d, "suite", base) for d in suites
                           if d.id != dataset.id])
-        scores = {e.name: (e.kind, self._accuracy(base, base.model, e),
+        scores = {e.name: (e.kind, self._served_accuracy(base_version, base, e),
                            self._accuracy(base, candidate, e)) for e in evaluations}
+        candidate_scores = {e.dataset_id: scores[e.name][2] for e in evaluations}
         _, before, after = scores.pop(dataset.name)
         drift_value = drift(candidate, base.model, base.tokenizer, drift_images, texts,
                             temperature=config.temperature, device=device)
@@ -178,19 +195,24 @@ class JobRunner:
         metrics = {"new_task_before": before, "new_task_after": after,
                    "mean_drop": report.mean_drop, "drift": drift_value,
                    "snapshots": result.snapshots, "last_losses": result.last_losses}
-        return self._decide(job_id, base, base_version, candidate, dataset, report, metrics)
+        version_id = self._decide(job_id, base, base_version, candidate, dataset, report, metrics)
+        if version_id is not None:  # saved: its scores are the served scores of a later job
+            self.scores.update({(version_id, d): v for d, v in candidate_scores.items()})
+        with self.sessions() as session:
+            return jobs.get_job(session, job_id).state
 
     def _decide(self, job_id, base: LoadedModel, base_version, candidate, dataset, report,
-                metrics) -> str:
+                metrics) -> str | None:
+        """Promote or reject the candidate; returns its version id if it was saved."""
         with self.sessions() as session:
             if jobs.get_job(session, job_id).cancel_requested:
                 jobs.transition(session, job_id, "cancelled", metrics=metrics,
                                 report=report.to_dict())
-                return "cancelled"
+                return None
             if not report.passed:
                 jobs.transition(session, job_id, "rejected", metrics=metrics,
                                 report=report.to_dict())
-                return "rejected"
+                return None
             job = jobs.get_job(session, job_id)
             version_id = save_version(self.settings.versions_dir, candidate, base.spec,
                                       parent=base_version,
@@ -207,14 +229,14 @@ class JobRunner:
                           f"(POST /v1/models/{version_id}/activate to serve it anyway, or rerun)")
                 jobs.transition(session, job_id, "rejected", candidate_version=version_id,
                                 metrics=metrics, report={**report.to_dict(), "superseded": reason})
-                return "rejected"
+                return version_id
             _, generation = registry.get_serving(session)
             registry.notify(self.settings.redis_url, version_id, generation)
             put_label_set(session, dataset.name, list(dataset.classnames),
                           list(DEFAULT_TEMPLATES), source=f"dataset:{dataset.id}")
             jobs.transition(session, job_id, "succeeded", candidate_version=version_id,
                             metrics=metrics, report=report.to_dict())
-            return "succeeded"
+            return version_id
 
     def _learned_datasets(self, session: Session, exclude: str) -> list[Dataset]:
         ids = session.scalars(select(Job.dataset_id).where(Job.state == "succeeded").distinct())
@@ -223,8 +245,23 @@ class JobRunner:
     @staticmethod
     def _evaluation(dataset: Dataset, kind: str, base: LoadedModel) -> _Evaluation:
         _, test = load_dataset_dir(dataset.path)
-        return _Evaluation(dataset.name, kind, list(test.classnames),
+        return _Evaluation(dataset.name, kind, dataset.id, list(test.classnames),
                            test.with_transform(base.preprocess_val))
+
+    def _served_accuracy(self, version: str, base: LoadedModel, evaluation: _Evaluation) -> float:
+        key = (version, evaluation.dataset_id)
+        if key not in self.scores:
+            self.scores[key] = self._accuracy(base, base.model, evaluation)
+        return self.scores[key]
+
+    def _teacher_texts(self, teacher_id: str, teacher, tokenizer, texts) -> torch.Tensor:
+        key = f"{teacher_id}:{hash(tuple(texts))}"
+        if key not in self.teacher_texts:
+            if len(self.teacher_texts) >= CACHED_TEACHERS:
+                self.teacher_texts.pop(next(iter(self.teacher_texts)))
+            self.teacher_texts[key] = encode_texts(teacher, tokenizer, texts,
+                                                   device=self.device).cpu()
+        return self.teacher_texts[key]
 
     def _accuracy(self, base: LoadedModel, model, evaluation: _Evaluation) -> float:
         head = build_head(model, base.tokenizer, evaluation.classnames, DEFAULT_TEMPLATES,

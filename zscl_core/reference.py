@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from open_clip import IMAGENET_CLASSNAMES
 from torch.utils.data import Dataset
 
@@ -26,16 +27,26 @@ DEFAULT_REFERENCE_TEMPLATE = "a photo of a {}."
 
 @dataclass
 class ReferenceSet:
-    """Images (a dataset yielding ``(tensor, index)``) and the texts they are scored against."""
+    """Images (a dataset yielding ``(tensor, index)``) and the texts they are scored against.
+
+    ``text_features`` optionally holds the teacher's normalised embeddings of ``texts``, one row
+    per text. They are the same for every update distilled from the same teacher, so a caller
+    running many updates can encode them once (see :func:`encode_texts`) and pass them here.
+    """
 
     images: Dataset
     texts: Sequence[str]
+    text_features: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) == 0:
             raise DatasetError("the reference set has no images; point it at a folder of images")
         if len(self.texts) < 2:
             raise DatasetError("the reference set needs at least 2 texts for a distribution")
+        if self.text_features is not None and (self.text_features.ndim != 2
+                                               or len(self.text_features) != len(self.texts)):
+            raise DatasetError(f"text_features must have one row per text ({len(self.texts)}), "
+                               f"got shape {tuple(self.text_features.shape)}")
 
 
 def texts_from_classnames(classnames: Sequence[str],

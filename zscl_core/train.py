@@ -192,7 +192,8 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
         classnames: the task's class names, indexed by label.
         config: hyper-parameters; ``config.method`` picks the method.
         initial: the original pre-trained model (ZSCL's teacher); frozen, never modified.
-        reference: reference images (yielding ``(tensor, index)``, eval preprocessing) and texts.
+        reference: reference images (yielding ``(tensor, index)``, eval preprocessing) and texts,
+            with the teacher's text embeddings if the caller already has them.
         template: the prompt template of the task loss (the first of the dataset's templates).
         device: where to train.
         num_workers: DataLoader worker processes.
@@ -234,7 +235,9 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
     if teacher is not None:
         teacher.eval()
         if method.distill_on == "reference":
-            teacher_texts = encode_texts(teacher, tokenizer, reference.texts, device=device)
+            teacher_texts = (reference.text_features.to(device)
+                             if reference.text_features is not None
+                             else encode_texts(teacher, tokenizer, reference.texts, device=device))
             teacher_cache = _TeacherImageCache(teacher, len(reference.images), device)
             ref_batches = _cycle(_loader(reference.images, config.ref_batch_size, config.seed + 1,
                                          num_workers))

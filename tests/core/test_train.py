@@ -3,7 +3,7 @@ import torch
 
 from tests.synthetic import reference_images, stripe_task
 from zscl_core import (ConfigError, DatasetError, LabelledImages, ReferenceSet, UnlabelledImages,
-                       UpdateCancelled, UpdateConfig, accuracy, build_head, run_update,
+                       UpdateCancelled, UpdateConfig, accuracy, build_head, encode_texts, run_update,
                        texts_from_classnames)
 
 TEMPLATES = ["a photo of {}.", "an image of {}."]
@@ -51,6 +51,35 @@ def test_teacher_untouched_logit_scale_frozen_and_texts_encoded_once(pretrained_
     assert [s.step for s in steps] == list(range(1, 7))
     assert set(steps[-1].losses) == {"ce", "kd_image", "kd_text", "l2"}
     assert steps[0].lr < steps[1].lr  # warm-up
+
+
+def test_given_teacher_text_features_are_used_instead_of_encoding(pretrained_tiny):
+    loaded, _ = pretrained_tiny
+    names = list(stripe_task(1, 0)[2])
+    data = _stripes(loaded)
+    config = UpdateConfig(method="zscl", steps=3, **FAST)
+    reference = _reference(loaded)
+    plain = run_update(loaded.model, loaded.tokenizer, data, names, config=config,
+                       initial=loaded.model, reference=reference)
+    teacher = _copy_model(loaded)
+    features = encode_texts(teacher, loaded.tokenizer, reference.texts)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher encoded texts although their features were given")
+
+    teacher.encode_text = refuse
+    given = run_update(loaded.model, loaded.tokenizer, data, names, config=config,
+                       initial=teacher,
+                       reference=ReferenceSet(reference.images, reference.texts, features))
+    for key, value in plain.state_dict.items():
+        assert torch.equal(value, given.state_dict[key]), key
+
+
+def test_reference_text_features_must_match_the_texts(pretrained_tiny):
+    loaded, _ = pretrained_tiny
+    reference = _reference(loaded)
+    with pytest.raises(DatasetError, match="one row per text"):
+        ReferenceSet(reference.images, reference.texts, torch.zeros(3, 8))
 
 
 def test_weight_ensemble_is_the_mean_of_start_and_snapshots(pretrained_tiny):

@@ -4,6 +4,7 @@
 from service import jobs, registry
 from service.label_sets import get_label_set
 from tests.worker.conftest import FAST_HPARAMS, colours_zip, stripes_zip, upload
+from worker import pipeline
 from worker.pipeline import JobRunner
 from zscl_core import list_versions
 
@@ -36,6 +37,45 @@ def test_zscl_job_is_promoted_and_registers_its_label_set(job_env, tmp_path):
         assert get_label_set(session, "stripes").classnames == stripes.classnames
         kinds = [e.kind for e in jobs.list_events(session, job_id, limit=1000)]
         assert kinds[0] == "state" and "progress" in kinds
+
+
+def test_later_jobs_reuse_served_scores_and_teacher_text_features(job_env, tmp_path,
+                                                                   monkeypatch):
+    settings, sessions, _ = job_env
+    stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
+    upload(settings, sessions, colours_zip(), "colours", tmp_path, suite=True)
+    more = upload(settings, sessions, stripes_zip(seed=11), "stripes-2", tmp_path)
+    runner = JobRunner(settings, sessions)
+    encoded, served_evals = [], []
+    real_encode, real_accuracy = pipeline.encode_texts, runner._accuracy
+    monkeypatch.setattr(pipeline, "encode_texts",
+                        lambda *a, **k: encoded.append(1) or real_encode(*a, **k))
+
+    def counting_accuracy(base, model, evaluation):
+        if model is base.model:
+            served_evals.append(evaluation.name)
+        return real_accuracy(base, model, evaluation)
+
+    runner._accuracy = counting_accuracy
+    # Short jobs behind an open gate: this test is about what gets measured, not the verdict.
+    wide_open = {"min_new_task_gain": -100.0, "max_mean_drop": 100.0, "max_dataset_drop": 100.0}
+    short = {**FAST_HPARAMS, "steps": 4, "warmup_steps": 1, "ensemble_every": 2}
+    first = _job(sessions, stripes.id, hparams=short, gate=wide_open)
+    second = _job(sessions, more.id, hparams=short, gate=wide_open)
+    assert runner.run(first) == "succeeded"
+    assert sorted(served_evals) == ["colours", "stripes"]
+    served_evals.clear()
+    assert runner.run(second) == "succeeded"
+    # The promoted candidate's own scores stand in for the served model's on the learned task
+    # and the suite: only the new dataset is evaluated on the served model.
+    assert served_evals == ["stripes-2"]
+    assert encoded == [1]  # the teacher (the root version) encoded the reference texts once
+    with sessions() as session:
+        one, two = jobs.get_job(session, first), jobs.get_job(session, second)
+        rows_one = {r["dataset"]: r for r in one.report["rows"]}
+        rows_two = {r["dataset"]: r for r in two.report["rows"]}
+        assert rows_two["stripes"]["before"] == one.metrics["new_task_after"]
+        assert rows_two["colours"]["before"] == rows_one["colours"]["after"]
 
 
 def test_job_that_drops_a_suite_is_rejected_and_nothing_is_written(job_env, tmp_path):
