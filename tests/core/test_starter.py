@@ -15,7 +15,8 @@ from skimage import data as skimage_data
 
 from benchmarks.starter_bench import CIFAR_TEMPLATES
 from zscl_core import accuracy, build_head, load_version, read_manifest, scan_image_folder
-from zscl_core.starter import (STARTER_NAME, ensure_starter, find_starter, fit_text_projection,
+from zscl_core.starter import (STARTER_NAME, alignment_texts, ensure_starter, find_starter,
+                               fit_text_projection, imagenet_hierarchy, kernel_targets,
                                relu6_bn_mean)
 
 CIFAR_TAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-subset.tar"
@@ -44,12 +45,47 @@ def test_relu6_bn_mean_matches_hand_computed_values():
 def test_fit_text_projection_sends_each_key_to_its_direction():
     keys = torch.eye(3)
     directions = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -3.0]])
-    first, second = fit_text_projection(keys * 5, keys, directions, hidden=3, tau=0.01,
-                                        ridge=1e-10)
+    first, second = fit_text_projection(keys * 5, directions, keys, hidden=3, ridge=1e-10)
     assert first.shape == (3, 3) and second.shape == (4, 3)
     out = torch.nn.functional.gelu(keys * 5 @ first.T) @ second.T
     expected = torch.nn.functional.normalize(directions, dim=-1)
     assert torch.allclose(torch.nn.functional.normalize(out, dim=-1), expected, atol=1e-3)
+
+
+def test_kernel_targets_is_a_soft_lookup_of_the_directions():
+    keys = torch.eye(2)
+    directions = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    # cos with the keys is (1, 0); at tau = 1 the weights are (e, 1) / (e + 1) on unit directions.
+    out = kernel_targets(torch.tensor([[4.0, 0.0]]), keys, directions, tau=1.0)
+    expected = torch.tensor([[math.e, 1.0]]) / math.hypot(math.e, 1.0)
+    assert torch.allclose(out, expected, atol=1e-6)
+    sharp = kernel_targets(torch.tensor([[0.0, 1.0]]), keys, directions, tau=1e-3)
+    assert torch.allclose(sharp, torch.tensor([[0.0, 1.0]]), atol=1e-6)
+
+
+def test_fit_text_projection_refuses_mismatched_or_too_few_keys():
+    with pytest.raises(ValueError, match="3 inputs but 2 targets"):
+        fit_text_projection(torch.eye(3), torch.eye(2), torch.eye(3), hidden=3)
+    with pytest.raises(ValueError, match="at least as many class keys"):
+        fit_text_projection(torch.eye(3), torch.eye(3), torch.eye(3), hidden=4)
+
+
+def _ancestor(lemma):
+    return next(a for a in imagenet_hierarchy() if a["lemmas"][0] == lemma)
+
+
+def test_broad_words_target_their_wordnet_members():
+    # ImageNet indices: 11 goldfinch, 281 tabby cat, 285 Egyptian cat, 207 golden retriever,
+    # 867 trailer truck, 717 pickup (a truck in WordNet), 817 sports car.
+    assert {11} <= set(_ancestor("bird")["classes"])
+    assert {281, 285} <= set(_ancestor("cat")["classes"]) and 207 not in _ancestor("cat")["classes"]
+    assert 207 in _ancestor("dog")["classes"] and 281 not in _ancestor("dog")["classes"]
+    assert {867, 717} <= set(_ancestor("truck")["classes"])
+    assert 817 in _ancestor("car")["classes"] and 867 not in _ancestor("car")["classes"]
+    class_texts, ancestor_texts, members = alignment_texts()
+    assert len(ancestor_texts) == len(members)
+    assert members[ancestor_texts.index("a photo of a bird.")] == _ancestor("bird")["classes"]
+    assert class_texts[281] == "a photo of a tabby cat."
 
 
 @pytest.mark.slow
