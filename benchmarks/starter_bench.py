@@ -22,6 +22,7 @@ import logging
 import tarfile
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -115,15 +116,23 @@ def zero_shot(loaded, data: LabelledImages, templates, device) -> float:
     return accuracy(loaded.model, head, data, device=device, batch_size=250)
 
 
+@lru_cache(maxsize=1)
+def _word_index() -> dict[str, frozenset[int]]:
+    """Lower-cased word -> the ImageNet classes it covers (read once)."""
+    index: dict[str, set[int]] = {}
+    for ancestor in imagenet_hierarchy():
+        for word in ancestor["lemmas"]:
+            index.setdefault(word.lower(), set()).update(ancestor["classes"])
+    for k, words in enumerate(ImageNetInfo().label_descriptions(detailed=False)):
+        for word in words.split(", "):
+            index.setdefault(word.lower(), set()).add(k)
+    return {word: frozenset(classes) for word, classes in index.items()}
+
+
 def wordnet_members(word: str) -> list[int]:
     """The ImageNet classes a label covers: those below each WordNet ancestor that has the label
     as a lemma, and those that have it as a synonym."""
-    word = word.lower()
-    found = {k for a in imagenet_hierarchy() if word in (w.lower() for w in a["lemmas"])
-             for k in a["classes"]}
-    synonyms = ImageNetInfo().label_descriptions(detailed=False)
-    found |= {k for k, d in enumerate(synonyms) if word in (w.lower() for w in d.split(", "))}
-    return sorted(found)
+    return sorted(_word_index().get(word.lower(), ()))
 
 
 @torch.no_grad()

@@ -195,24 +195,24 @@ class JobRunner:
         metrics = {"new_task_before": before, "new_task_after": after,
                    "mean_drop": report.mean_drop, "drift": drift_value,
                    "snapshots": result.snapshots, "last_losses": result.last_losses}
-        version_id = self._decide(job_id, base, base_version, candidate, dataset, report, metrics)
+        state, version_id = self._decide(job_id, base, base_version, candidate, dataset, report,
+                                         metrics)
         if version_id is not None:  # saved: its scores are the served scores of a later job
             self.scores.update({(version_id, d): v for d, v in candidate_scores.items()})
-        with self.sessions() as session:
-            return jobs.get_job(session, job_id).state
+        return state
 
     def _decide(self, job_id, base: LoadedModel, base_version, candidate, dataset, report,
-                metrics) -> str | None:
-        """Promote or reject the candidate; returns its version id if it was saved."""
+                metrics) -> tuple[str, str | None]:
+        """Promote or reject the candidate; returns the job's state and the saved version."""
         with self.sessions() as session:
             if jobs.get_job(session, job_id).cancel_requested:
                 jobs.transition(session, job_id, "cancelled", metrics=metrics,
                                 report=report.to_dict())
-                return None
+                return "cancelled", None
             if not report.passed:
                 jobs.transition(session, job_id, "rejected", metrics=metrics,
                                 report=report.to_dict())
-                return None
+                return "rejected", None
             job = jobs.get_job(session, job_id)
             version_id = save_version(self.settings.versions_dir, candidate, base.spec,
                                       parent=base_version,
@@ -229,14 +229,14 @@ class JobRunner:
                           f"(POST /v1/models/{version_id}/activate to serve it anyway, or rerun)")
                 jobs.transition(session, job_id, "rejected", candidate_version=version_id,
                                 metrics=metrics, report={**report.to_dict(), "superseded": reason})
-                return version_id
+                return "rejected", version_id
             _, generation = registry.get_serving(session)
             registry.notify(self.settings.redis_url, version_id, generation)
             put_label_set(session, dataset.name, list(dataset.classnames),
                           list(DEFAULT_TEMPLATES), source=f"dataset:{dataset.id}")
             jobs.transition(session, job_id, "succeeded", candidate_version=version_id,
                             metrics=metrics, report=report.to_dict())
-            return version_id
+            return "succeeded", version_id
 
     def _learned_datasets(self, session: Session, exclude: str) -> list[Dataset]:
         ids = session.scalars(select(Job.dataset_id).where(Job.state == "succeeded").distinct())
