@@ -88,7 +88,7 @@ def cmd_dataset_list(args) -> int:
     cli = _cli()
     for d in cli._request("GET", f"{cli._base_url(args)}/v1/datasets").json():
         print(f"{d['id']}  {d['name']:<20} classes={len(d['classnames'])} train={d['n_train']} "
-              f"test={d['n_test']}{'  [suite]' if d['is_suite'] else ''}")
+              f"test={d['n_test']} eval={d['n_eval']}{'  [suite]' if d['is_suite'] else ''}")
     return 0
 
 

@@ -86,6 +86,9 @@ def delete(session: Session, settings: Settings, dataset_id: str) -> None:
 
 
 def dataset_out(row: Dataset) -> dict[str, Any]:
+    # a suite is never trained on, so every gate evaluates all of its images
+    # (service.ingest.evaluation_images); any other dataset only its test split
+    n_eval = row.n_train + row.n_test if row.is_suite else row.n_test
     return {"id": row.id, "name": row.name, "sha256": row.sha256, "classnames": row.classnames,
-            "n_train": row.n_train, "n_test": row.n_test, "split": row.split,
+            "n_train": row.n_train, "n_test": row.n_test, "n_eval": n_eval, "split": row.split,
             "is_suite": row.is_suite, "created_at": row.created_at}

@@ -4,6 +4,8 @@ content-addressed directory ``<store_root>/<dataset_id>/{train,test}/<class>/<im
 Accepted layouts (a single top-level wrapper folder is stripped first):
 - ``<class>/<image>``: a seeded, per-class stratified train/test split is drawn;
 - ``train/<class>/<image>`` + ``test/<class>/<image>``: the split is kept;
+- ``test/<class>/<image>`` alone: an explicit split with no train images, usable only as a
+  zero-shot evaluation suite (a lone ``train/`` is refused: it could never be evaluated);
 - ``manifest.csv`` (columns ``path,label[,split]``) or ``manifest.jsonl`` (``{"path", "label",
   "split"?}``) with the images at the listed relative paths.
 
@@ -48,7 +50,7 @@ from zscl_core.data import class_name_from_folder
 from zscl_core.errors import ConfigError, DatasetError
 
 __all__ = ["IngestLimits", "IngestedDataset", "DatasetTooLarge", "UnsafeArchive", "UnsupportedUpload",
-           "ingest_dataset", "read_dataset", "load_dataset_dir", "delete_dataset",
+           "ingest_dataset", "read_dataset", "load_dataset_dir", "evaluation_images", "delete_dataset",
            "remove_stale_temp_dirs", "ARCHIVE_CONTENT_TYPES"]
 
 logger = logging.getLogger(__name__)
@@ -220,14 +222,42 @@ def read_dataset(path: Path, *, deduplicated: bool = False) -> IngestedDataset:
 
 
 def load_dataset_dir(path: Path, transform=None) -> tuple[LabelledImages, LabelledImages]:
-    """(train, test) of a stored dataset, with the same class order; for the worker."""
+    """(train, test) of a stored dataset, with the same class order; for the worker.
+
+    ``train`` is empty for a dataset uploaded as a bare ``test/`` split (a suite-only dataset).
+    """
     path = Path(path)
-    train = scan_image_folder(path / "train", transform)
     test = scan_image_folder(path / "test", transform)
+    if not _has_files(path / "train"):
+        return LabelledImages([], [], list(test.classnames), transform), test
+    train = scan_image_folder(path / "train", transform)
     if list(train.classnames) != list(test.classnames):
         raise DatasetError(f"{path}: train classes {list(train.classnames)} differ from test classes "
                            f"{list(test.classnames)}; the directory was altered, upload it again")
     return train, test
+
+
+def evaluation_images(path: Path, *, suite: bool, transform=None) -> LabelledImages:
+    """The images a gate evaluates a stored dataset on.
+
+    A zero-shot suite is never trained on, so all its images are test images: train then test,
+    each in ``scan_image_folder`` order (class folder, then file name), with the shared class
+    order. Any other dataset is evaluated on its test split only; its train split was learned.
+
+    Args:
+        path: a ``<store_root>/<dataset_id>`` directory.
+        suite: whether the dataset is registered as a zero-shot suite (``Dataset.is_suite``).
+        transform: the model's preprocessing, applied when an image is read.
+    """
+    train, test = load_dataset_dir(path, transform)
+    if not suite:
+        return test
+    return LabelledImages([*train.items, *test.items], [*train.labels, *test.labels],
+                          list(test.classnames), transform)
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
 
 
 def delete_dataset(store_root: Path, dataset_id: str) -> bool:
@@ -547,12 +577,17 @@ def _assign_layout(files: dict[str, _Member], dirs: set[str], limits: IngestLimi
     tops = {n.split("/", 1)[0] for n in files} | {d.split("/", 1)[0] for d in dirs}
     split_tops = tops & set(_SPLITS)
     if split_tops:
-        if tops != set(_SPLITS):
+        if tops == {"train"}:
+            raise DatasetError("the archive has only a 'train/' folder; a train split without a test "
+                               "split can never be evaluated: add test/<class>/ folders, or upload "
+                               "the class folders alone for a seeded split")
+        if tops not in ({"test"}, set(_SPLITS)):
             raise DatasetError(f"the archive has top-level folders {sorted(tops)}; an explicit split "
-                               f"needs exactly 'train/' and 'test/' (each with class folders), a "
-                               f"seeded split needs only class folders")
+                               f"needs exactly 'train/' and 'test/' (or 'test/' alone, for a zero-shot "
+                               f"suite), each with class folders; a seeded split needs only class "
+                               f"folders")
         entries = []
-        for split in _SPLITS:
+        for split in (s for s in _SPLITS if s in split_tops):
             sub = {n[len(split) + 1:]: m for n, m in files.items() if n.startswith(split + "/")}
             subdirs = {d[len(split) + 1:] for d in dirs if d.startswith(split + "/")}
             entries += [(split, folder, m) for folder, m in _from_folders(sub, subdirs, f"{split}/")]
@@ -637,6 +672,10 @@ def _from_manifest(files: dict[str, _Member], manifest: str):
     if unlisted:
         raise DatasetError(f"'{unlisted[0]}' is in the archive but not in {manifest} "
                            f"({len(unlisted)} such file(s)); list it or remove it")
+    if all(has_split) and not any(split == "test" for split, _, _ in entries):
+        raise DatasetError(f"every row of {manifest} has split 'train'; a train split without a test "
+                           f"split can never be evaluated: mark some rows 'test', or leave 'split' "
+                           f"empty on every row for a seeded split")
     return entries, ("explicit" if all(has_split) else "auto")
 
 
@@ -726,6 +765,8 @@ def _plan(entries, split_kind: str, limits: IngestLimits) -> tuple[dict, int, in
         raise DatasetError(f"class folders {[f for f in folders if class_name_from_folder(f) == clash[0]]} "
                            f"all read as class '{clash[0]}' ('_' reads as a space); rename one")
     plan = {s: {} for s in _SPLITS}
+    # a bare test/ upload: every image is a test image, so the train rules do not apply
+    test_only = split_kind == "explicit" and not any(split == "train" for split, _ in groups)
     for folder in folders:
         if split_kind == "auto":
             bucket = groups[(None, folder)]
@@ -738,7 +779,7 @@ def _plan(entries, split_kind: str, limits: IngestLimits) -> tuple[dict, int, in
             plan["test"][folder] = [bucket[d] for d in test]
             continue
         train, test = groups.get(("train", folder), {}), groups.get(("test", folder), {})
-        if len(train) < limits.min_images_per_class:
+        if len(train) < limits.min_images_per_class and not test_only:
             raise DatasetError(f"class '{folder}' has {len(train)} training image(s); each class needs at "
                                f"least {limits.min_images_per_class} in train/; add images")
         if not test:

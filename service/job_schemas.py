@@ -15,9 +15,13 @@ class DatasetOut(BaseModel):
     name: str
     sha256: str
     classnames: list[str]
-    n_train: int
+    n_train: int = Field(description="images in the stored train split (0 for a bare test/ upload, "
+                                     "which can only be a suite)")
     n_test: int
-    split: str = Field(description="'auto' (seeded) or 'explicit' (train/ and test/ folders)")
+    n_eval: int = Field(description="images every gate evaluates this dataset on: n_train + n_test "
+                                    "for a suite (never trained on), n_test otherwise")
+    split: str = Field(description="'auto' (seeded) or 'explicit' (train/ and test/ folders, or "
+                                   "test/ alone)")
     is_suite: bool = Field(description="a zero-shot evaluation suite: checked by every gate, never trained on")
     created_at: datetime
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,8 +60,12 @@ class Settings(BaseSettings):
     max_dataset_total_bytes: int = Field(2 * 1024 ** 3, gt=0, description="uncompressed")
     max_compression_ratio: float = Field(100.0, gt=1)
     min_images_per_class: int = Field(2, ge=1)
-    reference_dir: Path | None = Field(None, description="unlabelled images for distillation; "
-                                       "default: train images of the learned datasets")
+    reference_dir: Path | None = Field(None, description="a folder of unlabelled images to "
+                                       "distil on; overrides reference_images")
+    reference_images: Literal["task", "photos", "both"] = Field(
+        "task", description="without reference_dir: distil on the train images of the job's "
+        "dataset and the learned ones ('task'), crops of the photos scikit-image ships "
+        "('photos'), or both")
     job_soft_time_limit_s: int = Field(6 * 3600, gt=0)
     job_hard_time_limit_s: int = Field(6 * 3600 + 300, gt=0)
     job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="a running job without a "

@@ -36,6 +36,11 @@ def submit_job(sessions: sessionmaker[Session], settings: Settings, celery: Cele
         if dataset.is_suite:
             raise InvalidRequest(f"dataset '{dataset.id}' is a zero-shot suite; suites are never "
                                  f"trained on (PUT /v1/datasets/{dataset.id}/suite to change that)")
+        if dataset.n_train == 0:
+            raise InvalidRequest(f"dataset '{dataset.id}' has no train images (it was uploaded as a "
+                                 f"bare test/ split), so it can only be a zero-shot suite (PUT "
+                                 f"/v1/datasets/{dataset.id}/suite); to train, upload class folders "
+                                 f"or train/ + test/")
         job, created = jobs.create_job(session, dataset_id=dataset.id, method=config.method,
                                        hparams=hparams, gate=body.gate,
                                        idempotency_key=idempotency_key)

@@ -1,8 +1,15 @@
-"""One update job end to end: train, evaluate, gate, write the version, promote.
+"""One update job end to end, in four named steps: load, train, evaluate, decide.
 
-Called by the Celery task (``worker.tasks``), and by tests directly; it imports no queue code.
-Every state change goes through ``service.jobs`` so the API sees it at once; nothing reaches the
-version store or the serving pointer unless the gate passes.
+Called by the Celery task (``worker.tasks``), by the product-path benchmark
+(``zscl_bench.updates``) and by tests directly; it imports no queue code. Every state change goes
+through ``service.jobs`` so the API sees it at once; nothing reaches the version store or the
+serving pointer unless the gate passes.
+
+What the gate compares, for the model being served (before) and the candidate (after), on the
+same images: the new dataset's test split; the test split of every task LEARNED in the served
+lineage (a job whose version is the served version or one of its ancestors: after a rollback, a
+task learned only on the abandoned branch is not learned any more); every zero-shot suite, on all
+its images (a suite is never trained on). Datasets are keyed by id.
 """
 
 from __future__ import annotations
@@ -21,32 +28,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs, registry
 from service.db import ModelVersion
-from service.ingest import load_dataset_dir
+from service.ingest import evaluation_images, load_dataset_dir
 from service.jobs_db import Dataset, Job
 from service.label_sets import put_label_set
 from service.settings import Settings
-from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, LoadedModel, ReferenceSet, UnlabelledImages,
-                       UpdateCancelled, UpdateConfig, accuracy, build_head, default_reference_texts,
-                       drift, encode_texts, evaluate_gate, get_method, load_version, run_update,
-                       save_version)
-from zscl_core.reference import list_images
+from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, GateReport, LoadedModel, PairedScore,
+                       ReferenceSet, UnlabelledImages, UpdateCancelled, UpdateConfig, UpdateResult,
+                       build_head, correct, default_reference_texts, drift, encode_texts,
+                       evaluate_gate, get_method, load_version, run_update, save_version)
+from zscl_core.reference import list_images, photo_crops
 
-__all__ = ["JobRunner", "run_job"]
+__all__ = ["JobPlan", "JobRunner", "run_job"]
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 DRIFT_IMAGES = 256
 CACHED_TEACHERS = 4
-
-
-@dataclass
-class _Evaluation:
-    name: str
-    kind: str
-    dataset_id: str
-    classnames: list[str]
-    test: object
+PHOTO_CROPS = 1024  # reference_images="photos": distinct crops of scikit-image's sample photos
 
 
 class _Heartbeat:
@@ -70,32 +69,44 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _root_version(session: Session, version_id: str) -> ModelVersion:
-    """The original model of a lineage (ZSCL's teacher): follow parents to the first version."""
+def _lineage(session: Session, version_id: str) -> list[ModelVersion]:
+    """The version and its ancestors, newest first; the last is the original model (ZSCL's
+    teacher)."""
     row = registry.get_version(session, version_id)
-    seen = {row.id}
+    chain, seen = [row], {row.id}
     while row.parent:
         parent = session.get(ModelVersion, row.parent)
         if parent is None or parent.id in seen:
             break
         seen.add(parent.id)
+        chain.append(parent)
         row = parent
-    return row
+    return chain
 
 
-def _reference_images(settings: Settings, datasets: list[Dataset], transform, seed: int
-                      ) -> tuple[UnlabelledImages, UnlabelledImages]:
-    """(images to distil on, held-out images for drift).
+@dataclass
+class _Evaluation:
+    dataset_id: str
+    name: str
+    kind: str  # "new_task", "learned" or "suite"
+    classnames: list[str]
+    images: object
 
-    From settings.reference_dir when set; otherwise the train images of the datasets given
-    (labels ignored), so that no test split is ever used.
-    """
-    roots = ([Path(settings.reference_dir)] if settings.reference_dir
-             else [Path(d.path) / "train" for d in datasets])
-    files = list_images(*roots)
-    random.Random(seed).shuffle(files)
-    held = min(DRIFT_IMAGES, max(1, len(files) // 5))
-    return UnlabelledImages(files[held:] or files, transform), UnlabelledImages(files[:held], transform)
+
+@dataclass
+class JobPlan:
+    """Everything a job needs, read from the records and the version store by ``load``."""
+
+    job_id: str
+    base_version: str
+    config: UpdateConfig
+    policy: GatePolicy
+    dataset: Dataset
+    learned: list[Dataset]
+    suites: list[Dataset]
+    teacher_version: str
+    base: LoadedModel
+    initial: torch.nn.Module
 
 
 class JobRunner:
@@ -105,11 +116,13 @@ class JobRunner:
         self.settings = settings
         self.sessions = sessions
         self.device = device
-        # Versions never change and datasets are content-addressed, so both caches stay valid
-        # for the life of the process: the served model's accuracy per (version, dataset), and
-        # the teacher's embeddings of the reference texts per teacher version.
-        self.scores: dict[tuple[str, str], float] = {}
+        # Versions never change and datasets are content-addressed, so these caches stay valid
+        # for the life of the process: the served model's per-image correctness per (version,
+        # dataset id), the teacher's embeddings of the reference texts per teacher version, and
+        # the photo crops of reference_images="photos".
+        self.scores: dict[tuple[str, str], torch.Tensor] = {}
         self.teacher_texts: dict[str, torch.Tensor] = {}
+        self._photos: list | None = None
 
     def run(self, job_id: str) -> str:
         """Run the job if it is still queued; returns its final state."""
@@ -139,67 +152,125 @@ class JobRunner:
                                 error={"type": type(exc).__name__, "message": str(exc)})
             return "failed"
 
-    # -- the steps -------------------------------------------------------------------------
     def _run(self, job_id: str, base_version: str) -> str:
-        settings, device = self.settings, self.device
+        plan = self.load(job_id, base_version)
+        progress = _Progress(self.sessions, job_id, plan.config.steps)
+        started = time.monotonic()
+        result = self.train(plan, progress)
+        train_s = time.monotonic() - started
+        with self.sessions() as session:
+            jobs.transition(session, job_id, "evaluating")
+        candidate = copy.deepcopy(plan.base.model)
+        candidate.load_state_dict(result.state_dict)
+        candidate.eval()
+        started = time.monotonic()
+        report, metrics, candidate_scores = self.evaluate(plan, candidate, progress)
+        metrics.update({"snapshots": result.snapshots, "last_losses": result.last_losses,
+                        "train_s": round(train_s, 2),
+                        "s_per_step": round(train_s / max(1, result.steps), 4),
+                        "evaluate_s": round(time.monotonic() - started, 2)})
+        state, version_id = self._decide(job_id, plan.base, base_version, candidate, plan.dataset,
+                                         report, metrics)
+        if version_id is not None:  # saved: its scores are the served scores of a later job
+            self.scores.update({(version_id, d): v for d, v in candidate_scores.items()})
+        return state
+
+    # -- the steps -------------------------------------------------------------------------
+    def load(self, job_id: str, base_version: str) -> JobPlan:
+        """Read the job, its dataset, the tasks learned in the served lineage and the suites;
+        load the served model and the original model (ZSCL's teacher)."""
         with self.sessions() as session:
             job = jobs.get_job(session, job_id)
             dataset = session.get(Dataset, job.dataset_id)
-            base_row = registry.get_version(session, base_version)
-            root_row = _root_version(session, base_version)
-            learned = self._learned_datasets(session, exclude=dataset.id)
-            suites = list(session.scalars(select(Dataset).where(Dataset.is_suite.is_(True))))
+            lineage = _lineage(session, base_version)
+            learned = self._learned_datasets(session, [v.id for v in lineage], exclude=dataset.id)
+            learned_ids = {d.id for d in learned}
+            suites = [d for d in session.scalars(select(Dataset).where(Dataset.is_suite.is_(True)))
+                      if d.id != dataset.id and d.id not in learned_ids]
             config = UpdateConfig.from_dict({**job.hparams, "method": job.method})
             policy = GatePolicy(**job.gate)
+            base_path, root_id, root_path = lineage[0].path, lineage[-1].id, lineage[-1].path
+        base = load_version(base_path, device=self.device)
+        initial = (load_version(root_path, device=self.device).model if root_id != base_version
+                   else copy.deepcopy(base.model))
+        return JobPlan(job_id, base_version, config, policy, dataset, learned, suites, root_id,
+                       base, initial)
 
-        base = load_version(base_row.path, device=device)
-        initial = load_version(root_row.path, device=device).model if root_row.id != base_row.id \
-            else copy.deepcopy(base.model)
-        train, test = load_dataset_dir(dataset.path)
+    def train(self, plan: JobPlan, progress: _Progress) -> UpdateResult:
+        """Run the update (``zscl_core.run_update``) on the dataset's train split."""
+        base, config = plan.base, plan.config
+        train, _ = load_dataset_dir(plan.dataset.path)
         train = train.with_transform(base.preprocess_train)
-        test = test.with_transform(base.preprocess_val)
-        classnames = list(train.classnames)
-        distil_images, drift_images = _reference_images(
-            settings, [dataset, *learned], base.preprocess_val, config.seed)
+        distil_images, _ = self.reference_images(plan)
         texts = default_reference_texts()
         method = get_method(config.method)
         text_features = None
         if method.needs_reference:
-            teacher_id = root_row.id if method.teacher == "initial" else base_version
-            teacher = initial if method.teacher == "initial" else base.model
+            teacher_id = plan.teacher_version if method.teacher == "initial" else plan.base_version
+            teacher = plan.initial if method.teacher == "initial" else base.model
             text_features = self._teacher_texts(teacher_id, teacher, base.tokenizer, texts)
+        return run_update(base.model, base.tokenizer, train, list(train.classnames), config=config,
+                          initial=plan.initial,
+                          reference=ReferenceSet(distil_images, texts, text_features),
+                          template=DEFAULT_TEMPLATES[0], device=self.device, on_step=progress,
+                          should_cancel=progress.cancel_requested)
 
-        progress = _Progress(self.sessions, job_id, config.steps)
-        result = run_update(base.model, base.tokenizer, train, classnames, config=config,
-                            initial=initial,
-                            reference=ReferenceSet(distil_images, texts, text_features),
-                            template=DEFAULT_TEMPLATES[0], device=device, on_step=progress,
-                            should_cancel=progress.cancel_requested)
-        with self.sessions() as session:
-            jobs.transition(session, job_id, "evaluating")
+    def evaluate(self, plan: JobPlan, candidate, progress: _Progress
+                 ) -> tuple[GateReport, dict, dict[str, torch.Tensor]]:
+        """Score the served model and the candidate on every gate dataset; apply the gate.
 
-        candidate = copy.deepcopy(base.model)
-        candidate.load_state_dict(result.state_dict)
-        candidate.eval()
-        evaluations = ([_Evaluation(dataset.name, "new_task", dataset.id, classnames, test)]
-                       + [self._evaluation(d, "learned", base) for d in learned]
-                       + [self._evaluation(d, "suite", base) for d in suites
-                          if d.id != dataset.id])
-        scores = {e.name: (e.kind, self._served_accuracy(base_version, base, e),
-                           self._accuracy(base, candidate, e)) for e in evaluations}
-        candidate_scores = {e.dataset_id: scores[e.name][2] for e in evaluations}
-        _, before, after = scores.pop(dataset.name)
-        drift_value = drift(candidate, base.model, base.tokenizer, drift_images, texts,
-                            temperature=config.temperature, device=device)
-        report = evaluate_gate((dataset.name, before, after), scores, policy, drift_value)
-        metrics = {"new_task_before": before, "new_task_after": after,
-                   "mean_drop": report.mean_drop, "drift": drift_value,
-                   "snapshots": result.snapshots, "last_losses": result.last_losses}
-        state, version_id = self._decide(job_id, base, base_version, candidate, dataset, report,
-                                         metrics)
-        if version_id is not None:  # saved: its scores are the served scores of a later job
-            self.scores.update({(version_id, d): v for d, v in candidate_scores.items()})
-        return state
+        Returns the gate's report, the job's metrics and the candidate's per-image correctness
+        by dataset id. A cancel request is honoured between datasets.
+        """
+        base = plan.base
+        evaluations = ([self._evaluation(plan.dataset, "new_task", base)]
+                       + [self._evaluation(d, "learned", base) for d in plan.learned]
+                       + [self._evaluation(d, "suite", base) for d in plan.suites])
+        scores, candidate_scores = [], {}
+        for evaluation in evaluations:
+            if progress.cancel_requested():
+                raise UpdateCancelled(plan.config.steps)
+            before = self._served_correct(plan.base_version, base, evaluation)
+            after = self._correct(base, candidate, evaluation)
+            candidate_scores[evaluation.dataset_id] = after
+            scores.append(PairedScore.from_correct(evaluation.dataset_id, evaluation.name,
+                                                   evaluation.kind, before, after))
+        _, drift_images = self.reference_images(plan)
+        drift_value = drift(candidate, base.model, base.tokenizer, drift_images,
+                            default_reference_texts(), temperature=plan.config.temperature,
+                            device=self.device)
+        report = evaluate_gate(scores[0], scores[1:], plan.policy, drift_value)
+        metrics = {"new_task_before": scores[0].before, "new_task_after": scores[0].after,
+                   "new_task_margin": report.rows[0]["margin"], "mean_drop": report.mean_drop,
+                   "drift": drift_value}
+        return report, metrics, candidate_scores
+
+    def reference_images(self, plan: JobPlan) -> tuple[UnlabelledImages, UnlabelledImages]:
+        """(images to distil on, held-out images for the drift measure), never a test split.
+
+        From ``settings.reference_dir`` when set; otherwise by ``settings.reference_images``:
+        the train images of the job's dataset and the learned ones ("task"), crops of the photos
+        scikit-image ships ("photos"), or both.
+        """
+        settings = self.settings
+        if settings.reference_dir:
+            items: list = list_images(settings.reference_dir)
+        else:
+            items = []
+            if settings.reference_images in ("task", "both"):
+                items += list_images(*(Path(d.path) / "train"
+                                       for d in [plan.dataset, *plan.learned]))
+            if settings.reference_images in ("photos", "both"):
+                if self._photos is None:
+                    self._photos = photo_crops(PHOTO_CROPS, seed=0)
+                items += self._photos
+        order = list(range(len(items)))
+        random.Random(plan.config.seed).shuffle(order)
+        held = min(DRIFT_IMAGES, max(1, len(items) // 5))
+        distil = [items[i] for i in order[held:]] or items
+        transform = plan.base.preprocess_val
+        return (UnlabelledImages(distil, transform),
+                UnlabelledImages([items[i] for i in order[:held]], transform))
 
     def _decide(self, job_id, base: LoadedModel, base_version, candidate, dataset, report,
                 metrics) -> tuple[str, str | None]:
@@ -238,20 +309,26 @@ class JobRunner:
                             metrics=metrics, report=report.to_dict())
             return "succeeded", version_id
 
-    def _learned_datasets(self, session: Session, exclude: str) -> list[Dataset]:
-        ids = session.scalars(select(Job.dataset_id).where(Job.state == "succeeded").distinct())
-        return [d for d in (session.get(Dataset, i) for i in ids) if d is not None and d.id != exclude]
+    @staticmethod
+    def _learned_datasets(session: Session, lineage: list[str], exclude: str) -> list[Dataset]:
+        """Datasets of the jobs whose version is in the served lineage, oldest first."""
+        rows = session.scalars(select(Job).where(Job.candidate_version.in_(lineage))
+                               .order_by(Job.created_at))
+        ids = list(dict.fromkeys(job.dataset_id for job in rows))
+        return [d for d in (session.get(Dataset, i) for i in ids)
+                if d is not None and d.id != exclude]
 
     @staticmethod
     def _evaluation(dataset: Dataset, kind: str, base: LoadedModel) -> _Evaluation:
-        _, test = load_dataset_dir(dataset.path)
-        return _Evaluation(dataset.name, kind, dataset.id, list(test.classnames),
-                           test.with_transform(base.preprocess_val))
+        images = evaluation_images(Path(dataset.path), suite=kind == "suite",
+                                   transform=base.preprocess_val)
+        return _Evaluation(dataset.id, dataset.name, kind, list(images.classnames), images)
 
-    def _served_accuracy(self, version: str, base: LoadedModel, evaluation: _Evaluation) -> float:
+    def _served_correct(self, version: str, base: LoadedModel, evaluation: _Evaluation
+                        ) -> torch.Tensor:
         key = (version, evaluation.dataset_id)
         if key not in self.scores:
-            self.scores[key] = self._accuracy(base, base.model, evaluation)
+            self.scores[key] = self._correct(base, base.model, evaluation)
         return self.scores[key]
 
     def _teacher_texts(self, teacher_id: str, teacher, tokenizer, texts) -> torch.Tensor:
@@ -263,10 +340,10 @@ class JobRunner:
                                                    device=self.device).cpu()
         return self.teacher_texts[key]
 
-    def _accuracy(self, base: LoadedModel, model, evaluation: _Evaluation) -> float:
+    def _correct(self, base: LoadedModel, model, evaluation: _Evaluation) -> torch.Tensor:
         head = build_head(model, base.tokenizer, evaluation.classnames, DEFAULT_TEMPLATES,
                           device=self.device)
-        return accuracy(model, head, evaluation.test, device=self.device)
+        return correct(model, head, evaluation.images, device=self.device)
 
 
 class _Progress:

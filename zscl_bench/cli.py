@@ -30,6 +30,7 @@ from .report import PAPER_NAMES, matrix_table, metrics_table
 from .runner import ALL_METHODS, BenchConfig, ProgressEvent, prepare_task, run_mtil
 from .runner.mtil import TensorImages
 from .tasks import DEFAULT_SEQUENCE, LoadOptions, load_task
+from .updates import TOUR_HPARAMS, UpdatesBenchConfig, run_updates, updates_table, write_outputs
 
 __all__ = ["main", "build_parser", "PRESETS"]
 
@@ -96,7 +97,68 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where CIFAR-10 is extracted and the starter model is kept")
     p.add_argument("--shared-data", type=Path, help="folder holding cifar10-subset.tar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_updates_parser(sub)
     return parser
+
+
+def _add_updates_parser(sub) -> None:
+    defaults = UpdatesBenchConfig()
+    p = sub.add_parser("updates", help="a sequence of update jobs through the worker pipeline",
+                       description="Each method learns the tasks in order from the starter, "
+                                   "through the service's ingestion and the worker's JobRunner "
+                                   "with a user's job settings and the default gate; prints one "
+                                   "row per job, writes updates.json, updates.md, updates.png.")
+    p.add_argument("--task", action="append", dest="tasks", metavar="NAME[=PATH]",
+                   help=f"a task, in order; repeat (default: {' '.join(defaults.tasks)})")
+    p.add_argument("--suite", default=defaults.suite, help="registered as a zero-shot suite")
+    p.add_argument("--methods", default=",".join(defaults.methods))
+    p.add_argument("--reference-images", default=",".join(defaults.reference_images),
+                   help="comma-separated worker settings to compare: task, photos, both")
+    p.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
+    p.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
+    p.add_argument("--suite-per-class", type=int, default=defaults.suite_per_class)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a job hyper-parameter, as `zscl job create --set` takes it (default: "
+                        + " ".join(f"{k}={v}" for k, v in defaults.hparams.items()) + ")")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench-out/updates"))
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zscl-bench",
+                   help="where CIFAR-10 is extracted and the starter model is kept")
+    p.add_argument("--shared-data", type=Path, help="folder holding cifar10-subset.tar")
+
+
+def _run_updates(args: argparse.Namespace) -> int:
+    from zscl_core.starter import ensure_starter
+
+    hparams = dict(TOUR_HPARAMS)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        hparams[key] = json.loads(value) if value[:1] in "-0123456789[{tfn" else value
+    config = UpdatesBenchConfig(
+        tasks=tuple(args.tasks or UpdatesBenchConfig().tasks), suite=args.suite,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        reference_images=tuple(r.strip() for r in args.reference_images.split(",") if r.strip()),
+        train_per_class=args.train_per_class, test_per_class=args.test_per_class,
+        suite_per_class=args.suite_per_class, hparams=hparams, seed=args.seed)
+    starter = ensure_starter(args.cache_dir / "starter")
+    options = LoadOptions(cache_dir=args.cache_dir, shared_data=args.shared_data)
+    started = time.monotonic()
+
+    def on_job(row: dict) -> None:
+        m = row["metrics"]
+        logger.info("%s/%s %s: %s, new task %.1f -> %.1f, %s s/step, %.0f s", row["method"],
+                    row["reference_images"], row["task"], row["state"],
+                    m.get("new_task_before", float("nan")), m.get("new_task_after", float("nan")),
+                    m.get("s_per_step"), row["wall_s"])
+
+    record = run_updates(config, starter, args.out, options, on_job=on_job)
+    record["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
+                             "threads": torch.get_num_threads(),
+                             "wall_s": round(time.monotonic() - started, 1)}
+    paths = write_outputs(record, args.out)
+    sys.stdout.write(updates_table(record) + "\n")
+    sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}\n")
+    return 0
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -244,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args)
+        return _run_updates(args) if args.command == "updates" else _run(args)
     except (ZSCLError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

@@ -8,8 +8,9 @@ from .config import UpdateConfig
 from .data import LabelledImages, UnlabelledImages, class_name_from_folder, scan_image_folder
 from .errors import (ConfigError, DatasetError, ModelLoadError, UpdateCancelled,
                      VersionIntegrityError, ZSCLError)
-from .gate import GatePolicy, GateReport, evaluate_gate
-from .evaluate import accuracy, accuracy_from_features, drift, encode_images
+from .gate import GatePolicy, GateReport, PairedScore, evaluate_gate
+from .evaluate import (accuracy, accuracy_from_features, correct, correct_from_features, drift,
+                       encode_images)
 from .heads import DEFAULT_TEMPLATES, HeadCache, build_head, encode_texts
 from .losses import feature_distillation, l2_weight_constraint, scaled_cosine_logits, soft_cross_entropy
 from .methods import METHODS, Method, get_method
@@ -17,7 +18,7 @@ from .metrics import average_accuracy, last_accuracy, summarize, transfer
 from .models import LoadedModel, build_from_spec, load_model
 from .reference import (ReferenceSet, default_reference_texts, images_from_folder,
                         texts_from_classnames, texts_from_file)
-from .train import StepInfo, UpdateResult, run_update, trainable_parameters
+from .train import StepInfo, UpdateResult, freeze_norm_stats_, run_update, trainable_parameters
 from .versions import list_versions, load_version, read_manifest, save_version
 
 __all__ = [
@@ -26,8 +27,9 @@ __all__ = [
     "LabelledImages", "UnlabelledImages", "class_name_from_folder", "scan_image_folder",
     "ConfigError", "DatasetError", "ModelLoadError", "UpdateCancelled", "VersionIntegrityError",
     "ZSCLError",
-    "accuracy", "accuracy_from_features", "drift", "encode_images",
-    "GatePolicy", "GateReport", "evaluate_gate",
+    "accuracy", "accuracy_from_features", "correct", "correct_from_features", "drift",
+    "encode_images",
+    "GatePolicy", "GateReport", "PairedScore", "evaluate_gate",
     "DEFAULT_TEMPLATES", "HeadCache", "build_head", "encode_texts",
     "feature_distillation", "l2_weight_constraint", "scaled_cosine_logits", "soft_cross_entropy",
     "METHODS", "Method", "get_method",
@@ -35,6 +37,6 @@ __all__ = [
     "LoadedModel", "build_from_spec", "load_model",
     "ReferenceSet", "default_reference_texts", "images_from_folder", "texts_from_classnames",
     "texts_from_file",
-    "StepInfo", "UpdateResult", "run_update", "trainable_parameters",
+    "StepInfo", "UpdateResult", "freeze_norm_stats_", "run_update", "trainable_parameters",
     "list_versions", "load_version", "read_manifest", "save_version",
 ]

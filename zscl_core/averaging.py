@@ -4,8 +4,11 @@
   snapshots, theta_bar <- (n * theta_bar + theta) / (n + 1).
 - WiSE-FT (Wortsman et al., 2022): (1 - alpha) * theta_0 + alpha * theta_1.
 
-Only floating-point tensors are averaged; integer buffers (counters, token ids) must agree and
-are taken as they are.
+Only floating-point tensors are averaged. Integer buffers (BatchNorm's ``num_batches_tracked``,
+token ids) are taken from the newer state, the counter of the weights that were trained last.
+Tensors that are equal in both states are taken as they are, so that a buffer no update touched
+(the running statistics of a frozen BatchNorm, see ``UpdateConfig.norm_stats``) stays bit-exact
+instead of picking up rounding from ``(n * x + x) / (n + 1)``.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ def running_mean(average: StateDict, new: StateDict, count: int) -> dict[str, to
     _check_keys(average, new)
     out = {}
     for key, avg in average.items():
-        if avg.is_floating_point():
-            out[key] = (avg * count + new[key].to(avg.device, avg.dtype)) / (count + 1)
+        other = new[key].to(avg.device, avg.dtype)
+        if not avg.is_floating_point() or torch.equal(avg, other):
+            out[key] = other.clone()
         else:
-            out[key] = avg.clone()
+            out[key] = (avg * count + other) / (count + 1)
     return out
 
 
@@ -71,8 +75,9 @@ def interpolate(start: StateDict, end: StateDict, alpha: float) -> dict[str, tor
     _check_keys(start, end)
     out = {}
     for key, a in start.items():
-        if a.is_floating_point():
-            out[key] = (1.0 - alpha) * a + alpha * end[key].to(a.device, a.dtype)
+        b = end[key].to(a.device, a.dtype)
+        if not a.is_floating_point() or torch.equal(a, b):
+            out[key] = b.clone()
         else:
-            out[key] = a.clone()
+            out[key] = (1.0 - alpha) * a + alpha * b
     return out

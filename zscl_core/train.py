@@ -39,7 +39,7 @@ from .losses import feature_distillation, scaled_cosine_logits
 from .methods import Method, get_method
 from .reference import ReferenceSet
 
-__all__ = ["StepInfo", "UpdateResult", "run_update", "trainable_parameters"]
+__all__ = ["StepInfo", "UpdateResult", "run_update", "trainable_parameters", "freeze_norm_stats_"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,21 @@ def trainable_parameters(model: nn.Module, trainable: str) -> dict[str, nn.Param
     if not chosen:
         raise ConfigError(f"trainable={trainable!r} selects no parameter of this model")
     return chosen
+
+
+def freeze_norm_stats_(model: nn.Module) -> int:
+    """Put every normalisation layer that tracks running statistics in eval mode, in place.
+
+    Their affine weights still train; only the running mean / variance (and the batch counter)
+    stop moving, and the forward pass normalises with them instead of the batch's statistics.
+    Returns how many layers were frozen. ``model.train()`` undoes it.
+    """
+    frozen = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            module.eval()
+            frozen += 1
+    return frozen
 
 
 def _lock_hf_text_tower(text: nn.Module, unlocked_layers: int) -> None:
@@ -221,6 +236,9 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
     torch.manual_seed(config.seed)
     student = copy.deepcopy(current).to(device)
     student.train()
+    if config.norm_stats == "frozen":
+        logger.debug("norm_stats=frozen: %d normalisation layers kept in eval mode",
+                     freeze_norm_stats_(student))
     params = trainable_parameters(student, config.trainable)
     start_state = {k: v.detach().to(device).clone() for k, v in current.state_dict().items()}
     anchor = ({k: p.detach().clone() for k, p in params.items()}
@@ -239,7 +257,7 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
                              if reference.text_features is not None
                              else encode_texts(teacher, tokenizer, reference.texts, device=device))
             teacher_cache = _TeacherImageCache(teacher, len(reference.images), device)
-            ref_batches = _cycle(_loader(reference.images, config.ref_batch_size, config.seed + 1,
+            ref_batches = _cycle(_loader(reference.images, config.reference_batch, config.seed + 1,
                                          num_workers))
         else:  # LwF: the task's own prompts, encoded once by the frozen previous model
             with torch.no_grad():

@@ -214,3 +214,62 @@ def test_trainable_last_block_selects_the_last_blocks_and_never_the_logit_scale(
     assert not any(k.startswith("transformer.resblocks.0.") for k in chosen)
     image_only = trainable_parameters(tiny.model, "image")
     assert image_only and all(k.startswith("visual.") for k in image_only)
+
+
+def _with_batchnorm(loaded):
+    """The tiny CLIP with a BatchNorm in front of its image tower (running stats as in a CNN)."""
+    model = _copy_model(loaded)
+    bn = torch.nn.BatchNorm2d(3)
+    bn.running_mean.fill_(0.1)
+    bn.running_var.fill_(1.3)
+    bn.num_batches_tracked.fill_(7)
+    model.visual = torch.nn.Sequential(bn, model.visual)
+    model.visual.output_dim = loaded.model.visual.output_dim
+    return model
+
+
+BN_BUFFERS = ("visual.0.running_mean", "visual.0.running_var", "visual.0.num_batches_tracked")
+
+
+@pytest.mark.parametrize("method", ["zscl", "continual_ft", "wise_ft"])
+def test_frozen_norm_stats_are_bit_exact_after_an_update_and_adapt_moves_them(pretrained_tiny,
+                                                                              method):
+    loaded, _ = pretrained_tiny
+    model = _with_batchnorm(loaded)
+    names = list(stripe_task(1, 0)[2])
+    before = {k: model.state_dict()[k].clone() for k in BN_BUFFERS}
+    results = {}
+    for policy in ("frozen", "adapt"):
+        config = UpdateConfig(method=method, steps=4, ensemble_every=2, norm_stats=policy, **FAST)
+        results[policy] = run_update(model, loaded.tokenizer, _stripes(loaded), names,
+                                     config=config, initial=_copy_model_of(model),
+                                     reference=_reference(loaded)).state_dict
+    for key in BN_BUFFERS:
+        assert torch.equal(results["frozen"][key], before[key]), key
+    assert not torch.allclose(results["adapt"]["visual.0.running_mean"],
+                              before["visual.0.running_mean"])
+    assert results["adapt"]["visual.0.num_batches_tracked"].item() == 7 + 4
+    # the affine weights still train under "frozen"
+    assert not torch.equal(results["frozen"]["visual.0.weight"], model.state_dict()["visual.0.weight"])
+
+
+def _copy_model_of(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+def test_freeze_norm_stats_counts_only_layers_with_running_stats():
+    from zscl_core import freeze_norm_stats_
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.LayerNorm(4),
+                                torch.nn.BatchNorm1d(4, track_running_stats=False),
+                                torch.nn.InstanceNorm2d(3, track_running_stats=True))
+    model.train()
+    assert freeze_norm_stats_(model) == 2
+    assert [m.training for m in model] == [False, True, True, False]
+
+
+def test_reference_batch_follows_the_task_batch_unless_set():
+    assert UpdateConfig(batch_size=16).reference_batch == 16
+    assert UpdateConfig(batch_size=16, ref_batch_size=64).reference_batch == 64
+    with pytest.raises(ConfigError, match="norm_stats"):
+        UpdateConfig(norm_stats="sometimes")

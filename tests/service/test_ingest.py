@@ -4,20 +4,23 @@ refused with an error naming the problem, and leaves nothing in the store."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import stat
 import tarfile
 import zipfile
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from service.ingest import (DatasetTooLarge, IngestLimits, UnsafeArchive, UnsupportedUpload,
-                            delete_dataset, ingest_dataset, load_dataset_dir, read_dataset,
-                            remove_stale_temp_dirs)
+                            delete_dataset, evaluation_images, ingest_dataset, load_dataset_dir,
+                            read_dataset, remove_stale_temp_dirs)
 from tests.synthetic import colour_task, stripe_task
+from zscl_core.data import class_name_from_folder
 from zscl_core.errors import ConfigError, DatasetError
 
 LIMITS = IngestLimits()
@@ -172,6 +175,83 @@ def test_jsonl_manifest_with_explicit_split_and_spaces_in_labels(tmp_path):
     assert dataset.classnames == ["horizontal stripes", "vertical stripes"]
     assert dataset.train_counts == {"horizontal stripes": 2, "vertical stripes": 2}
     assert dataset.test_counts == {"horizontal stripes": 1, "vertical stripes": 1}
+
+
+def class_by_content(files: dict[str, bytes]) -> dict[str, str]:
+    """{stored file stem: class name} of uploaded ``[split/]class/image`` files: a stored image is
+    named by its content digest, so this checks labels against what was uploaded, not the tree."""
+    return {hashlib.sha256(data).hexdigest()[:32]: class_name_from_folder(name.split("/")[-2])
+            for name, data in files.items()}
+
+
+def labelled(images) -> dict[str, str]:
+    return {Path(item).stem: images.classnames[label] for item, label in zip(images.items, images.labels)}
+
+
+def test_evaluation_images_are_every_image_of_a_suite_and_the_test_split_otherwise(tmp_path):
+    train_files, test_files = stripe_files("train", 4, seed=0), stripe_files("test", 2, seed=1)
+    upload = write_tar(tmp_path / "up.tgz", {**train_files, **test_files})
+    dataset = ingest(upload, tmp_path / "store", content_type="application/gzip")
+
+    suite = evaluation_images(dataset.path, suite=True)
+    held_out = evaluation_images(dataset.path, suite=False)
+
+    assert (len(suite), len(held_out)) == (12, 4)
+    assert list(suite.classnames) == list(held_out.classnames) == ["horizontal stripes", "vertical stripes"]
+    assert len(set(suite.items)) == 12 and labelled(suite) == class_by_content({**train_files, **test_files})
+    assert labelled(held_out) == class_by_content(test_files)
+    assert all(Path(item).parent.parent.name == "test" for item in held_out.items)
+    # train then test, each by class then file name: the same order on every call
+    assert list(suite.labels) == [0] * 4 + [1] * 4 + [0] * 2 + [1] * 2
+    assert list(evaluation_images(dataset.path, suite=True).items) == list(suite.items)
+    image, label = evaluation_images(dataset.path, suite=True, transform=lambda im: im.size)[11]
+    assert image == (32, 32) and label == 1
+
+
+def test_auto_split_suite_evaluates_on_all_its_images(tmp_path):
+    files = colour_files(5)
+    dataset = ingest(write_zip(tmp_path / "up.zip", files), tmp_path / "store")
+
+    suite = evaluation_images(dataset.path, suite=True)
+
+    assert (dataset.n_train, dataset.n_test, len(suite)) == (16, 4, 20)
+    assert labelled(suite) == class_by_content(files)
+    assert len(evaluation_images(dataset.path, suite=False)) == 4
+
+
+def _bare_test(tmp):
+    return stripe_files("test", 3, seed=2)
+
+
+def _wrapped_bare_test(tmp):
+    return {f"my-suite/{name}": data for name, data in stripe_files("test", 3, seed=2).items()}
+
+
+def _all_test_manifest(tmp):
+    files, rows = {}, ["path,label,split"]
+    for index, (name, data) in enumerate(stripe_files("test", 3, seed=2).items()):
+        files[f"images/{index}.png"] = data
+        rows.append(f"images/{index}.png,{name.split('/')[1].replace('_', ' ')},test")
+    return {**files, "manifest.csv": "\n".join(rows).encode()}
+
+
+@pytest.mark.parametrize("layout", [_bare_test, _wrapped_bare_test, _all_test_manifest])
+def test_a_bare_test_split_is_stored_with_no_train_images(tmp_path, layout):
+    files = layout(tmp_path)
+
+    dataset = ingest(write_zip(tmp_path / "up.zip", files), tmp_path / "store")
+
+    assert dataset.split == "explicit"
+    assert (dataset.n_train, dataset.n_test) == (0, 6)
+    assert dataset.train_counts == {"horizontal stripes": 0, "vertical stripes": 0}
+    assert dataset.test_counts == {"horizontal stripes": 3, "vertical stripes": 3}
+    train, test = load_dataset_dir(dataset.path)
+    assert (len(train), len(test)) == (0, 6)
+    assert list(train.classnames) == list(test.classnames) == ["horizontal stripes", "vertical stripes"]
+    suite = evaluation_images(dataset.path, suite=True)
+    assert list(suite.labels) == [0, 0, 0, 1, 1, 1]
+    assert labelled(suite) == class_by_content(stripe_files("test", 3, seed=2))
+    assert len(evaluation_images(dataset.path, suite=False)) == 6
 
 
 def test_identical_content_is_stored_once(tmp_path):
@@ -331,7 +411,17 @@ BAD = {
     "same-image-two-labels": (_zip(_with(**{"green/copy.png": GOOD["red/0.png"]})),
                               DatasetError, r"'(red/0|green/copy)\.png' .* are the same image with two labels"),
     "train-without-test": (_tar(stripe_files("train", 3, 0)),
-                           DatasetError, r"an explicit split needs exactly 'train/' and 'test/'"),
+                           DatasetError, r"only a 'train/' folder; a train split without a test split "
+                                         r"can never be evaluated: add test/<class>/ folders"),
+    "manifest-all-train": (
+        _zip({"a.png": GOOD["red/0.png"], "b.png": GOOD["blue/6.png"],
+              "manifest.csv": b"path,label,split\na.png,red,train\nb.png,blue,train\n"}),
+        DatasetError, r"every row of manifest\.csv has split 'train'; a train split without a test"),
+    "test-beside-class-folders": (_zip({**stripe_files("test", 2, 0), **GOOD}),
+                                  DatasetError, r"top-level folders \[.*'test'.*\]; an explicit split "
+                                                r"needs exactly 'train/' and 'test/' \(or 'test/' alone"),
+    "test-only-one-class": (_tar({k: v for k, v in stripe_files("test", 2, 0).items() if "/vertical" in k}),
+                            DatasetError, r"found 1 class\(es\) \('vertical stripes'\)"),
     "class-missing-from-test": (
         _tar({**stripe_files("train", 3, 0),
               **{k: v for k, v in stripe_files("test", 1, 1).items() if "/vertical" in k}}),

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 from tests.service.conftest import ADMIN_KEY
-from tests.service.test_ingest import colour_files, encode, huge_png, zip_info
+from tests.service.test_ingest import colour_files, encode, huge_png, stripe_files, zip_info
 from tests.synthetic import stripe_task
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -90,15 +90,42 @@ def test_upload_list_get_dedupe_suite_and_delete(client, data_dir):
     dataset = first.json()
     assert dataset["classnames"] == ["blue", "green", "red", "yellow"]
     assert dataset["n_train"] + dataset["n_test"] == 16
+    assert dataset["n_eval"] == dataset["n_test"] == 4  # not a suite: its train split is learned
     again = _post(client, body, name="colours")
     assert again.status_code == 200 and again.json()["id"] == dataset["id"]
     assert client.get(f"/v1/datasets/{dataset['id']}").json()["name"] == "colours"
     assert client.get("/v1/datasets/ffff").status_code == 404
     suite = client.put(f"/v1/datasets/{dataset['id']}/suite", json={"suite": True}, headers=ADMIN)
     assert suite.status_code == 200 and suite.json()["is_suite"] is True
+    assert suite.json()["n_eval"] == 16  # a suite is never trained on: all its images are tested
     job = client.post("/v1/jobs", json={"dataset_id": dataset["id"]}, headers=ADMIN)
     assert job.status_code == 422 and "suite" in job.json()["detail"]
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=ADMIN).status_code == 204
+    _nothing_stored(client, data_dir)
+
+
+def test_bare_test_upload_can_be_a_suite_but_never_trained_on(client, data_dir):
+    first = _post(client, _zip(stripe_files("test", 3, seed=2)), name="stripes-suite")
+    assert first.status_code == 201, first.text
+    dataset = first.json()
+    assert (dataset["n_train"], dataset["n_test"], dataset["n_eval"]) == (0, 6, 6)
+    assert dataset["split"] == "explicit" and dataset["is_suite"] is False
+
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"]},
+                      headers={**ADMIN, "Idempotency-Key": "bare-test"})
+    assert job.status_code == 422, job.text
+    assert "has no train images" in job.json()["detail"] and "suite" in job.json()["detail"]
+    assert client.get("/v1/jobs").json() == []  # nothing kept, not even the idempotency key
+
+    suite = client.put(f"/v1/datasets/{dataset['id']}/suite", json={"suite": True}, headers=ADMIN)
+    assert suite.status_code == 200, suite.text
+    assert (suite.json()["is_suite"], suite.json()["n_eval"]) == (True, 6)
+
+
+def test_lone_train_folder_is_refused(client, data_dir):
+    response = _post(client, _zip(stripe_files("train", 3, seed=0)))
+    assert response.status_code == 422
+    assert "a train split without a test split can never be evaluated" in response.json()["detail"]
     _nothing_stored(client, data_dir)
 
 
