@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from zscl_core import ModelLoadError, load_model, read_manifest, save_version
 
-from . import registry
+from . import db, registry
 from .settings import Settings
 
-__all__ = ["ensure_serving", "materialise_model"]
+__all__ = ["ensure_serving", "materialise_model", "describe_served_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +69,23 @@ def ensure_serving(session: Session, settings: Settings) -> str:
         logger.info("another process bootstrapped first; serving its choice")
     version, _ = registry.get_serving(session)
     return version
+
+
+def describe_served_model(settings: Settings) -> str:
+    """What the start banner says about the model: the version the serving pointer names.
+
+    A restart serves that version whatever ``ZSCL_MODEL`` says now (the pointer is durable, and
+    a promoted update moves it), so naming ``ZSCL_MODEL`` would be wrong; it decides only on a
+    first start, before anything is served. Reads the pointer and creates nothing.
+    """
+    engine = db.make_engine(settings.database_url)
+    try:
+        with db.make_session_factory(engine)() as session:
+            version, _ = registry.get_serving(session)
+    except SQLAlchemyError:  # no database or no tables yet: a first start
+        version = None
+    finally:
+        engine.dispose()
+    if version is None:
+        return f"ZSCL_MODEL={settings.model} (first start: it becomes the first served version)"
+    return f"version {version} (ZSCL_MODEL is read only on a first start)"

@@ -18,7 +18,7 @@ from .label_sets import get_label_set
 from .schemas import check_labels, check_templates
 from .serving import ModelHolder
 
-__all__ = ["Limits", "Classification", "Classifier"]
+__all__ = ["Limits", "Classification", "Classifier", "check_label_set"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,32 @@ class Limits:
     max_batch_images: int
     max_image_pixels: int
     max_templates: int
+
+
+def check_label_set(labels: Sequence[str], templates: Sequence[str] | None, limits: Limits
+                    ) -> tuple[list[str], list[str] | None]:
+    """Labels and templates as classify accepts them: strings, well-formed, within the caps.
+
+    Classify checks every request with it, and ``PUT /v1/label-sets`` checks what it stores,
+    so that a stored label set is always usable. No templates (None or empty: the defaults)
+    come back as None.
+
+    Raises:
+        InvalidRequest: naming the label, template or cap.
+    """
+    try:
+        labels = check_labels(list(labels))
+        templates = check_templates(list(templates) if templates else None)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    if len(labels) > limits.max_labels:
+        raise InvalidRequest(f"{len(labels)} labels is more than the limit of "
+                             f"{limits.max_labels}; split them over several requests")
+    n_templates = len(templates) if templates is not None else len(DEFAULT_TEMPLATES)
+    if n_templates > limits.max_templates:
+        raise InvalidRequest(f"{n_templates} templates is more than the limit of "
+                             f"{limits.max_templates}")
+    return labels, templates
 
 
 @dataclass
@@ -57,18 +83,8 @@ class Classifier:
                 row = get_label_set(session, label_set)
                 labels, stored_templates = row.classnames, row.templates
             templates = templates or stored_templates
-        try:
-            labels = check_labels(list(labels))
-            templates = check_templates(list(templates) if templates else None)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
-        if len(labels) > self.limits.max_labels:
-            raise InvalidRequest(f"{len(labels)} labels is more than the limit of "
-                                 f"{self.limits.max_labels}; split them over several requests")
+        labels, templates = check_label_set(labels, templates, self.limits)
         templates = templates or list(DEFAULT_TEMPLATES)
-        if len(templates) > self.limits.max_templates:
-            raise InvalidRequest(f"{len(templates)} templates is more than the limit of "
-                                 f"{self.limits.max_templates}")
         return labels, templates
 
     def check_batch(self, n_images: int) -> None:

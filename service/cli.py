@@ -64,6 +64,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .app import create_app
+    from .bootstrap import describe_served_model
     settings = _settings()
     if args.host:
         settings.host = args.host
@@ -72,7 +73,7 @@ def cmd_serve(args) -> int:
     url = f"http://{settings.host}:{settings.port}"
     mode = f"distributed (Redis {settings.redis_url})" if settings.distributed else "embedded (SQLite, no Redis)"
     print(f"zscl serving at {url}  (API docs: {url}/docs)\n  mode: {mode}; data: {settings.data_dir}; "
-          f"model: {settings.model}\n  press Ctrl-C to stop", flush=True)
+          f"model: {describe_served_model(settings)}\n  press Ctrl-C to stop", flush=True)
     with embedded_worker(settings):
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level=args.log_level, timeout_graceful_shutdown=5)

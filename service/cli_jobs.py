@@ -159,7 +159,8 @@ def cmd_job_watch(args) -> int:
     report = job.get("report") or {}
     for row in report.get("rows", []):
         print(f"  {row['kind']:<9} {row['dataset']:<20} {row['before']:6.2f} -> {row['after']:6.2f} "
-              f"({row['delta']:+.2f})")
+              f"({row['delta']:+.2f} ± {row.get('margin', 0.0):.2f}, {row.get('n', '?')} images, "
+              f"dataset {row.get('dataset_id', '?')})")
     for reason in report.get("reasons", []):
         print(f"  gate: {reason}")
     if job.get("error"):

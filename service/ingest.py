@@ -36,7 +36,6 @@ import tarfile
 import time
 import unicodedata
 import uuid
-import warnings
 import zipfile
 import zlib
 from collections import defaultdict
@@ -48,6 +47,8 @@ from PIL import Image, UnidentifiedImageError
 from zscl_core import LabelledImages, scan_image_folder
 from zscl_core.data import class_name_from_folder
 from zscl_core.errors import ConfigError, DatasetError
+
+from .imaging import open_capped
 
 __all__ = ["IngestLimits", "IngestedDataset", "DatasetTooLarge", "UnsafeArchive", "UnsupportedUpload",
            "ingest_dataset", "read_dataset", "load_dataset_dir", "evaluation_images", "delete_dataset",
@@ -82,7 +83,7 @@ _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 class DatasetTooLarge(DatasetError):
-    """A byte, file-count or compression-ratio cap was exceeded (the API answers 413)."""
+    """A byte, file-count, compression-ratio or pixel cap was exceeded (the API answers 413)."""
 
 
 class UnsafeArchive(DatasetError):
@@ -687,24 +688,20 @@ def _image_suffix(member: _Member, limits: IngestLimits) -> str:
     """Decode the image fully; returns the suffix of its real format."""
     what = f"'{member.name}'"
     fix = "replace it with a JPEG, PNG, WebP, GIF, BMP or TIFF image, or remove it"
+
+    def too_large(size: str, limit: int) -> DatasetTooLarge:
+        return DatasetTooLarge(f"{what} has {size}, more than the limit of {limit}; downscale it")
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(member.path, formats=_OPEN_FORMATS) as image:
-                width, height = image.size
-                if width * height > limits.max_image_pixels:
-                    raise DatasetError(f"{what} is {width}x{height} pixels, more than the limit of "
-                                       f"{limits.max_image_pixels}; downscale it")
-                fmt = image.format
-                image.verify()
-            with Image.open(member.path, formats=_OPEN_FORMATS) as image:  # verify() spent the first
-                image.load()
+        with open_capped(member.path, max_pixels=limits.max_image_pixels, too_large=too_large,
+                         formats=_OPEN_FORMATS) as image:
+            fmt = image.format
+            image.verify()
+        with Image.open(member.path, formats=_OPEN_FORMATS) as image:  # verify() spent the first
+            image.load()
     except UnidentifiedImageError as exc:
         raise DatasetError(f"{what} is not an image (only images and a manifest may be in the "
                            f"archive); {fix}") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DatasetError(f"{what} has too many pixels to decode safely (a decompression bomb?); "
-                           f"downscale it") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, DatasetError):
             raise

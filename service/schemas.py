@@ -5,29 +5,46 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
+
+from zscl_core import check_template
 
 __all__ = ["ImageIn", "ClassifyJSON", "LabelScore", "ImagePrediction", "ClassifyResponse",
            "LabelSetIn", "LabelSetOut", "ModelOut", "ModelsOut", "ActivateOut", "HealthOut",
-           "check_templates", "check_labels"]
+           "check_templates", "check_labels", "MAX_LABEL_CHARS"]
 
 
-def check_labels(labels: list[str]) -> list[str]:
+MAX_LABEL_CHARS = 256  # a label fills one slot of a prompt, and CLIP reads 77 tokens of it
+
+
+def check_labels(labels: list) -> list[str]:
+    """The labels stripped, or ValueError naming the first that is not a non-empty, unique,
+    bounded string."""
+    for index, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise ValueError(f"labels must be strings; label {index} is {label!r} "
+                             f"({type(label).__name__})")
     cleaned = [label.strip() for label in labels]
-    if any(not label for label in cleaned):
-        raise ValueError("labels must be non-empty strings")
+    for index, label in enumerate(cleaned):
+        if not label:
+            raise ValueError(f"labels must be non-empty strings; label {index} is empty")
+        if len(label) > MAX_LABEL_CHARS:
+            raise ValueError(f"label {index} ({label[:40]!r}...) has {len(label)} characters, more "
+                             f"than the limit of {MAX_LABEL_CHARS}; shorten it")
     if len(set(cleaned)) != len(cleaned):
         raise ValueError("labels must be unique")
     return cleaned
 
 
 def check_templates(templates: list[str] | None) -> list[str] | None:
+    """The templates, each with exactly one '{}' (:func:`zscl_core.check_template`), or None;
+    ValueError (a ``ConfigError``) naming the first bad one."""
     if templates is None:
         return None
-    if not templates or any(t.count("{}") != 1 for t in templates):
-        raise ValueError("each template needs exactly one '{}' where the label goes, "
-                         "e.g. 'a photo of a {}.'")
-    return templates
+    if not templates:
+        raise ValueError("templates is empty: give at least one template with one '{}' where the "
+                         "label goes, e.g. 'a photo of a {}.', or leave it out for the defaults")
+    return [check_template(t) for t in templates]
 
 
 class ImageIn(BaseModel):
@@ -62,12 +79,11 @@ class ClassifyResponse(BaseModel):
 
 
 class LabelSetIn(BaseModel):
-    classnames: list[str] = Field(min_length=1)
-    templates: list[str] | None = Field(None, description="default: the service's prompt templates")
+    classnames: list[str] = Field(min_length=1, description="unique labels, as classify accepts "
+                                  "them (at most ZSCL_MAX_LABELS)")
+    templates: list[str] | None = Field(None, description="each with one '{}' (at most "
+                                        "ZSCL_MAX_TEMPLATES); default: the service's templates")
     source: str | None = Field(None, description="who made it, e.g. the task that learned it")
-
-    _labels = field_validator("classnames")(classmethod(lambda cls, v: check_labels(v)))
-    _templates = field_validator("templates")(classmethod(lambda cls, v: check_templates(v)))
 
 
 class LabelSetOut(BaseModel):

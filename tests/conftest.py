@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tests.synthetic import colour_task, write_tiny_config
-from zscl_core import LabelledImages, UpdateConfig, load_model, run_update
+from zscl_core import LabelledImages, UpdateConfig, load_model, load_version, run_update
+from zscl_core.starter import ensure_starter
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +40,14 @@ def pretrained_tiny(tiny_config_path):
     loaded.model.eval()
     test_items, test_labels, _ = colour_task(40, seed=2)
     return loaded, LabelledImages(test_items, test_labels, names, loaded.preprocess_val)
+
+
+@pytest.fixture(scope="session")
+def starter_dir(tmp_path_factory):
+    """The real offline starter model, built once per test session (about a minute)."""
+    return ensure_starter(tmp_path_factory.mktemp("versions"))
+
+
+@pytest.fixture(scope="session")
+def starter(starter_dir):
+    return load_version(starter_dir)

@@ -30,7 +30,8 @@ from .report import PAPER_NAMES, matrix_table, metrics_table
 from .runner import ALL_METHODS, BenchConfig, ProgressEvent, prepare_task, run_mtil
 from .runner.mtil import TensorImages
 from .tasks import DEFAULT_SEQUENCE, LoadOptions, load_task
-from .updates import TOUR_HPARAMS, UpdatesBenchConfig, run_updates, updates_table, write_outputs
+from .updates import (TOUR_HPARAMS, UpdatesBenchConfig, run_updates, summary_table, updates_table,
+                      write_outputs)
 
 __all__ = ["main", "build_parser", "PRESETS"]
 
@@ -39,12 +40,12 @@ logger = logging.getLogger(__name__)
 # Sizes of a run. "default" fits 60 min on 2 CPU cores with the starter model; "quick" 5 min.
 PRESETS: dict[str, dict] = {
     "default": {"train_per_class": 50, "test_per_class": 30, "steps": 40, "select_steps": 20,
-                "lr_grid": "1e-5,1e-4,1e-3", "batch_size": 32, "ref_batch_size": 32,
+                "lr_grid": "1e-5,1e-4,1e-3", "batch_size": 32, "ref_batch_size": None,
                 "ensemble_every": 10, "reference_count": 256, "reference_text_count": 1000,
                 "train_blocks": 1,
                 "trainable": "image"},
     "quick": {"train_per_class": 16, "test_per_class": 10, "steps": 10, "select_steps": 5,
-              "lr_grid": "1e-4", "batch_size": 16, "ref_batch_size": 16,
+              "lr_grid": "1e-4", "batch_size": 16, "ref_batch_size": None,
               "ensemble_every": 5, "reference_count": 32, "reference_text_count": 200,
               "train_blocks": 1,
               "trainable": "image"},
@@ -125,10 +126,18 @@ def _add_updates_parser(sub) -> None:
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zscl-bench",
                    help="where CIFAR-10 is extracted and the starter model is kept")
     p.add_argument("--shared-data", type=Path, help="folder holding cifar10-subset.tar")
+    p.add_argument("--report", type=Path, metavar="UPDATES_JSON",
+                   help="only re-render the tables and the plot of an earlier run into --out")
 
 
 def _run_updates(args: argparse.Namespace) -> int:
     from zscl_core.starter import ensure_starter
+
+    if args.report:
+        record = json.loads(args.report.read_text())
+        write_outputs(record, args.out)
+        sys.stdout.write(summary_table(record) + "\n\n" + updates_table(record) + "\n")
+        return 0
 
     hparams = dict(TOUR_HPARAMS)
     for item in args.set:
@@ -156,7 +165,7 @@ def _run_updates(args: argparse.Namespace) -> int:
                              "threads": torch.get_num_threads(),
                              "wall_s": round(time.monotonic() - started, 1)}
     paths = write_outputs(record, args.out)
-    sys.stdout.write(updates_table(record) + "\n")
+    sys.stdout.write(summary_table(record) + "\n\n" + updates_table(record) + "\n")
     sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}\n")
     return 0
 

@@ -25,11 +25,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from zscl_core import UpdateConfig, read_manifest
+from zscl_core import read_manifest
 
 from .tasks import LoadOptions, Task, load_task
 
-__all__ = ["UpdatesBenchConfig", "TOUR_HPARAMS", "write_archive", "run_updates", "updates_table"]
+__all__ = ["UpdatesBenchConfig", "TOUR_HPARAMS", "write_archive", "run_updates", "updates_table",
+           "summary_table", "write_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def run_arm(method: str, reference_images: str, config: UpdatesBenchConfig, star
     from service import db, jobs, registry
     from service.datasets import add_dataset
     from service.settings import Settings
+    from service.updates import job_settings
     from worker.pipeline import JobRunner
 
     settings = Settings(data_dir=root, reference_images=reference_images)
@@ -134,9 +136,7 @@ def run_arm(method: str, reference_images: str, config: UpdatesBenchConfig, star
         registry.activate(session, starter_id)
     add_dataset(sessions, settings, suite[1], name=suite[0], suite=True,
                 content_type="application/zip", test_fraction=0.2, seed=0)
-    hparams = {k: v for k, v in UpdateConfig.from_dict({**config.hparams, "method": method,
-                                                         "seed": config.seed}).to_dict().items()
-               if k != "method"}
+    _, hparams = job_settings(method, {**config.hparams, "seed": config.seed}, {})
     runner = JobRunner(settings, sessions, device="cpu")
     rows = []
     for name, archive in archives:
@@ -207,6 +207,44 @@ def updates_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _final_scores(rows: list[dict]) -> dict[str, float]:
+    """Accuracy of the model served after the last job, per dataset it was measured on: the
+    last job's 'after' when it was promoted, else its 'before' (the served model stayed)."""
+    final: dict[str, float] = {}
+    for row in rows:
+        for r in row["report"].get("rows", []):
+            final[r["dataset"]] = r["after"] if row["state"] == "succeeded" else r["before"]
+    return final
+
+
+def summary_table(record: dict) -> str:
+    """One row per arm: promotions, mean gain on the job's own task, what the final served model
+    keeps of each suite (vs the starter) and of every learned task, mean seconds per step."""
+    suite = record["config"]["suite"]
+    lines = ["| method | reference | promoted | mean new-task gain | "
+             f"{suite} suite: starter → final | learned tasks, final (mean) | mean s/step |",
+             "|---|---|---:|---:|---|---|---:|"]
+    for rows in record["arms"].values():
+        scored = [r for r in rows if r["report"].get("rows")]
+        if not scored:
+            continue
+        promoted = sum(r["state"] == "succeeded" for r in rows)
+        gains = [r["report"]["rows"][0]["delta"] for r in scored]
+        starter = next((x["before"] for x in scored[0]["report"]["rows"] if x["kind"] == "suite"),
+                       float("nan"))
+        final = _final_scores(scored)
+        tasks = [r["task"] for r in rows if r["state"] == "succeeded"]
+        learned = [final[t] for t in tasks if t in final]
+        steps = [r["metrics"]["s_per_step"] for r in scored if "s_per_step" in r["metrics"]]
+        learned_text = ", ".join(f"{t} {final[t]:.1f}" for t in tasks if t in final) or "–"
+        if learned:
+            learned_text += f" ({sum(learned) / len(learned):.1f})"
+        lines.append(f"| {rows[0]['method']} | {rows[0]['reference_images']} | {promoted}/{len(rows)} "
+                     f"| {sum(gains) / len(gains):+.1f} | {starter:.1f} → {final.get(suite, float('nan')):.1f} "
+                     f"| {learned_text} | {sum(steps) / max(1, len(steps)):.2f} |")
+    return "\n".join(lines)
+
+
 def plot_updates(record: dict, path: Path) -> Path:
     """Suite accuracy after each job, and each job's gain on its own task, per arm."""
     import matplotlib
@@ -227,18 +265,26 @@ def plot_updates(record: dict, path: Path) -> Path:
             served = [suite[0][0]["before"]]
             for r, s in zip(scored, suite):
                 served.append(s[0]["after"] if r["state"] == "succeeded" else served[-1])
-            left.plot(range(len(served)), served, marker="o", label=label)
+            line, = left.plot(range(len(served)), served, marker="o", label=label)
+            rejected = [(i + 1, s[0]["after"]) for i, (r, s) in enumerate(zip(scored, suite))
+                        if r["state"] != "succeeded"]
+            if rejected:  # what the gate kept out: the rejected candidate's suite accuracy
+                left.scatter(*zip(*rejected), marker="x", color=line.get_color())
         gains = [r["report"]["rows"][0]["delta"] for r in scored]
         xs = [i + a * width for i in range(len(gains))]
-        right.bar(xs, gains, width=width, label=label)
+        bars = right.bar(xs, gains, width=width, label=label)
+        for bar, r in zip(bars, scored):
+            if r["state"] != "succeeded":
+                bar.set_hatch("//")
+                bar.set_alpha(0.5)
     tasks = [r["task"] for r in arms[0][1]] if arms else []
     left.set_xticks(range(len(tasks) + 1), ["starter", *tasks])
     left.set_ylabel(f"{record['config']['suite']} suite accuracy served (%)")
-    left.set_title("zero-shot suite after each job")
+    left.set_title("zero-shot suite served after each job (x: rejected candidate)")
     left.legend(fontsize=8)
     right.set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(tasks))], tasks)
     right.set_ylabel("new-task gain (points)")
-    right.set_title("gain on the job's own task")
+    right.set_title("gain on the job's own task (hatched: rejected)")
     right.axhline(0, color="black", linewidth=0.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -249,5 +295,5 @@ def plot_updates(record: dict, path: Path) -> Path:
 def write_outputs(record: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "updates.json").write_text(json.dumps(record, indent=2, default=str))
-    (out / "updates.md").write_text(updates_table(record) + "\n")
+    (out / "updates.md").write_text(summary_table(record) + "\n\n" + updates_table(record) + "\n")
     return [out / "updates.json", out / "updates.md", plot_updates(record, out / "updates.png")]

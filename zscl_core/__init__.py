@@ -11,7 +11,7 @@ from .errors import (ConfigError, DatasetError, ModelLoadError, UpdateCancelled,
 from .gate import GatePolicy, GateReport, PairedScore, evaluate_gate
 from .evaluate import (accuracy, accuracy_from_features, correct, correct_from_features, drift,
                        encode_images)
-from .heads import DEFAULT_TEMPLATES, HeadCache, build_head, encode_texts
+from .heads import DEFAULT_TEMPLATES, HeadCache, build_head, check_template, encode_texts
 from .losses import feature_distillation, l2_weight_constraint, scaled_cosine_logits, soft_cross_entropy
 from .methods import METHODS, Method, get_method
 from .metrics import average_accuracy, last_accuracy, summarize, transfer
@@ -30,7 +30,7 @@ __all__ = [
     "accuracy", "accuracy_from_features", "correct", "correct_from_features", "drift",
     "encode_images",
     "GatePolicy", "GateReport", "PairedScore", "evaluate_gate",
-    "DEFAULT_TEMPLATES", "HeadCache", "build_head", "encode_texts",
+    "DEFAULT_TEMPLATES", "HeadCache", "build_head", "check_template", "encode_texts",
     "feature_distillation", "l2_weight_constraint", "scaled_cosine_logits", "soft_cross_entropy",
     "METHODS", "Method", "get_method",
     "average_accuracy", "last_accuracy", "summarize", "transfer",

@@ -24,7 +24,10 @@ class UpdateConfig:
         batch_size: task images per micro-batch.
         ref_batch_size: reference images per micro-batch (distillation); None (the default)
             follows ``batch_size``, as the paper's 64 + 64 does. Read :attr:`reference_batch`.
-        lr, weight_decay, warmup_steps: AdamW with a cosine schedule after linear warm-up.
+        lr, weight_decay: AdamW with a cosine schedule after a linear warm-up.
+        warmup_steps: linear warm-up steps, < steps (or 0: none); None (the default) means
+            min(100, steps // 10), so a short update is never longer in warm-up than in
+            training. Read :attr:`warmup`.
         label_smoothing: of the task cross-entropy.
         temperature: distillation temperature T.
         kd_image_weight, kd_text_weight: weights of the two distillation terms.
@@ -45,7 +48,8 @@ class UpdateConfig:
             on 28x28 grey Fashion-MNIST took CIFAR-10 zero-shot from 53.7% to 15.7%.
         max_grad_norm: gradient clipping (None: off).
         seed: seeds data order and augmentation.
-        cancel_check_every: how often (steps) the cancellation check runs.
+        cancel_check_every: how often (steps) the cancellation check runs (every step by
+            default: a cancel then takes effect within one step, whatever the step time).
     """
 
     method: str = "zscl"
@@ -54,7 +58,7 @@ class UpdateConfig:
     ref_batch_size: int | None = None
     lr: float = 1e-5
     weight_decay: float = 0.0
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
     label_smoothing: float = 0.2
     temperature: float = 2.0
     kd_image_weight: float = 1.0
@@ -68,7 +72,7 @@ class UpdateConfig:
     norm_stats: str = "frozen"
     max_grad_norm: float | None = None
     seed: int = 0
-    cancel_check_every: int = 10
+    cancel_check_every: int = 1
 
     def __post_init__(self) -> None:
         from .methods import METHODS  # methods imports nothing from here at import time
@@ -84,8 +88,9 @@ class UpdateConfig:
              f"ref_batch_size must be in [1, 4096] or None (= batch_size), got {self.ref_batch_size}")
         need(0 < self.lr <= 1.0, f"lr must be in (0, 1], got {self.lr}")
         need(0 <= self.weight_decay <= 1.0, f"weight_decay must be in [0, 1], got {self.weight_decay}")
-        need(0 <= self.warmup_steps < self.steps or self.warmup_steps == 0,
-             f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps}")
+        need(self.warmup_steps is None or 0 <= self.warmup_steps < self.steps,
+             f"warmup_steps must be in [0, steps={self.steps}) or None (= min(100, steps // 10)), "
+             f"got {self.warmup_steps}; lower it or raise steps")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         need(0 < self.temperature <= 100, f"temperature must be in (0, 100], got {self.temperature}")
         for name in ("kd_image_weight", "kd_text_weight", "l2_weight"):
@@ -106,6 +111,11 @@ class UpdateConfig:
     def reference_batch(self) -> int:
         """Reference images per micro-batch: ``ref_batch_size``, or ``batch_size`` when unset."""
         return self.ref_batch_size if self.ref_batch_size is not None else self.batch_size
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: ``warmup_steps``, or min(100, steps // 10) when unset."""
+        return self.warmup_steps if self.warmup_steps is not None else min(100, self.steps // 10)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

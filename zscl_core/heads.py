@@ -7,6 +7,7 @@ prompt's activations at once.
 
 from __future__ import annotations
 
+import string
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -15,7 +16,9 @@ import torch
 from open_clip import build_zero_shot_classifier
 from torch import nn
 
-__all__ = ["DEFAULT_TEMPLATES", "build_head", "encode_texts", "HeadCache", "HeadKey"]
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_TEMPLATES", "build_head", "check_template", "encode_texts", "HeadCache", "HeadKey"]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -30,6 +33,38 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 
 HeadKey = tuple[str, tuple[str, ...], tuple[str, ...]]
 
+_TEMPLATE_HELP = ("a template needs exactly one '{}' where the class name goes and no other "
+                  "'{...}' field; write a literal brace as '{{' or '}}', e.g. 'a photo of a {}.'")
+
+
+def check_template(template: str) -> str:
+    """``template`` itself if ``template.format(name)`` puts the class name in exactly once.
+
+    Anything else would fail or mislead when the head is built: ``"{x}"`` or ``"{0}{}"`` raise in
+    ``str.format``, ``"{.__class__}"`` reads an attribute of the name, and ``"{{}}"`` makes
+    prompts without the class name.
+
+    Raises:
+        ConfigError: naming the template and what is wrong with it.
+    """
+    if not isinstance(template, str):
+        raise ConfigError(f"template {template!r} is not a string; {_TEMPLATE_HELP}")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion
+                  in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:  # an unmatched '{' or '}'
+        raise ConfigError(f"template {template!r} is not a valid format string ({exc}); "
+                          f"{_TEMPLATE_HELP}") from exc
+    if not fields:
+        raise ConfigError(f"template {template!r} has no '{{}}' for the class name; "
+                          f"{_TEMPLATE_HELP}")
+    if fields != [("", "", None)]:
+        shown = ", ".join("{" + name + (f"!{conversion}" if conversion else "")
+                          + (f":{spec}" if spec else "") + "}" for name, spec, conversion in fields)
+        raise ConfigError(f"template {template!r} has the format field(s) {shown}; "
+                          f"{_TEMPLATE_HELP}")
+    return template
+
 
 def build_head(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
                templates: Sequence[str] = DEFAULT_TEMPLATES, *,
@@ -40,7 +75,7 @@ def build_head(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
         model: a CLIP model with ``encode_text``.
         tokenizer: its tokenizer.
         classnames: the labels, in output order.
-        templates: format strings with one ``{}`` for the class name.
+        templates: format strings with one ``{}`` for the class name (see :func:`check_template`).
         device: where to encode.
         chunk_texts: the most prompts encoded in one forward pass.
 
@@ -49,8 +84,9 @@ def build_head(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
     """
     if not classnames:
         raise ValueError("a head needs at least one class name")
-    if not templates or any("{}" not in t for t in templates):
-        raise ValueError("every template needs a '{}' where the class name goes, e.g. 'a photo of a {}.'")
+    if not templates:
+        raise ConfigError("a head needs at least one template, e.g. 'a photo of a {}.'")
+    templates = [check_template(t) for t in templates]
     per_batch = max(1, chunk_texts // len(templates))
     return build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
                                       num_classes_per_batch=per_batch, device=device)

@@ -12,10 +12,12 @@ later, so any model can be saved as a version and reloaded with nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -84,11 +86,44 @@ def _resolved_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+class _DropMessages(logging.Filter):
+    """Drops the records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _no_weight_warnings() -> Iterator[None]:
+    """Silence open_clip's warnings that no CLIP weights were loaded, for the duration.
+
+    :func:`build_from_spec` builds an architecture from a config alone, on purpose: every caller
+    loads weights right after (a saved version, the starter, a checkpoint), and loading a bare
+    config reports random weights itself. open_clip would log "No pretrained weights loaded ...
+    Model initialized randomly" on every start, which is false and alarming. It logs through the
+    root logger, so the filter sits there, matching those messages only.
+    """
+    quiet = _DropMessages("No pretrained weights loaded for model",
+                          "Local config loaded, but no CLIP weights found",
+                          "Model local-dir:")  # "... initialized partially." (tower weights only)
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def build_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, Callable, Callable, Callable]:
     """Build an architecture (random or tower-pretrained weights) from a spec.
 
-    Returns (model, preprocess_train, preprocess_val, tokenizer). No CLIP checkpoint is loaded.
+    Returns (model, preprocess_train, preprocess_val, tokenizer). No CLIP checkpoint is loaded:
+    the caller loads its weights (open_clip's "initialized randomly" warning is silenced).
     """
     if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(spec.get("model_cfg", {})):
         raise ModelLoadError("a model spec needs model_cfg with embed_dim, vision_cfg and text_cfg "
@@ -103,9 +138,10 @@ def build_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu"
         try:
             # open_clip ignores text_cfg.hf_model_pretrained unless told through pretrained_text:
             # a saved version sets it to false so reloading never reads the tower weights twice.
-            model, pre_train, pre_val = open_clip.create_model_and_transforms(
-                f"local-dir:{tmp}", load_weights=False, device=device,
-                pretrained_text=bool(text_cfg.get("hf_model_pretrained", True)))
+            with _no_weight_warnings():
+                model, pre_train, pre_val = open_clip.create_model_and_transforms(
+                    f"local-dir:{tmp}", load_weights=False, device=device,
+                    pretrained_text=bool(text_cfg.get("hf_model_pretrained", True)))
             tokenizer = _tokenizer_for(text_cfg, tmp)
         except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
             raise ModelLoadError(f"could not build the model from its config: {exc}") from exc
@@ -162,7 +198,11 @@ def _load_config_file(path: Path, pretrained: str | None, device) -> LoadedModel
         raise ModelLoadError(f"could not read model config {path}: {exc}") from exc
     spec = raw if "model_cfg" in raw else {"model_cfg": raw}
     model, pre_train, pre_val, tokenizer = build_from_spec(spec, device)
-    if pretrained:
+    if not pretrained:
+        logger.warning("model config %s loaded without a checkpoint: its CLIP weights are random "
+                       "but for any pretrained tower the config names (pass pretrained=<checkpoint "
+                       "path> to load weights)", path)
+    else:
         try:
             open_clip.load_checkpoint(model, pretrained, strict=True, device=str(device))
         except (RuntimeError, OSError, KeyError) as exc:

@@ -245,7 +245,7 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
               if method.weight_constraint and config.l2_weight > 0 else None)
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine_with_warmup(config.warmup_steps, config.steps))
+        optimizer, _cosine_with_warmup(config.warmup, config.steps))
 
     prompts = tokenizer([template.format(c) for c in classnames]).to(device)
     task_batches = _cycle(_loader(task, config.batch_size, config.seed, num_workers))

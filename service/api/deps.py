@@ -14,11 +14,13 @@ from sqlalchemy.orm import Session
 from ..container import Services
 from ..errors import Forbidden, Unauthorized
 
-__all__ = ["ServicesDep", "SessionDep", "require_admin", "require_inference", "API_KEY_HEADER"]
+__all__ = ["ServicesDep", "SessionDep", "require_admin", "require_inference", "READ_ACCESS",
+           "API_KEY_HEADER"]
 
 API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
-                        description="the admin key (state changes) or the inference key")
+                        description="the admin key (state changes; it opens every route) or "
+                                    "the inference key (classify and every read)")
 
 
 async def get_services(request: Request) -> Services:
@@ -54,7 +56,11 @@ async def require_admin(services: ServicesDep, key: Annotated[str | None, Securi
 
 
 async def require_inference(services: ServicesDep, key: Annotated[str | None, Security(_api_key)]) -> None:
-    """Inference key (or the admin key) in ``X-API-Key`` when ZSCL_INFERENCE_KEY is set."""
+    """Inference key (or the admin key) in ``X-API-Key`` when ZSCL_INFERENCE_KEY is set.
+
+    Guards classify and every read route (:data:`READ_ACCESS`); only the health probes
+    (``/livez``, ``/readyz``) stay open, so a deployment with a key shows nothing without one.
+    """
     settings = services.settings
     if settings.inference_key is None:
         return
@@ -65,3 +71,8 @@ async def require_inference(services: ServicesDep, key: Annotated[str | None, Se
     ok_admin = _matches(key, settings.admin_key)
     if not (ok_inference or ok_admin):
         raise Forbidden(f"the {API_KEY_HEADER} header does not hold a valid key")
+
+
+#: The dependencies of every read route: with ZSCL_INFERENCE_KEY set, datasets, jobs, models,
+#: label sets and metrics need a key too (the inference key or the admin key).
+READ_ACCESS = [Depends(require_inference)]

@@ -1,11 +1,13 @@
 import json
+import logging
+import re
 
 import pytest
 import torch
 
 from tests.synthetic import TINY_CFG, colour_image
-from zscl_core import (ModelLoadError, VersionIntegrityError, build_head, list_versions, load_model,
-                       save_version)
+from zscl_core import (ConfigError, ModelLoadError, VersionIntegrityError, build_head, check_template,
+                       list_versions, load_model, save_version)
 from zscl_core.versions import WEIGHTS_NAME, read_manifest
 
 
@@ -35,6 +37,36 @@ def test_save_load_gives_identical_logits(tiny, tmp_path):
     assert read_manifest(tmp_path / child)["zscl"]["parent"] == vid
     assert [v["version"] for v in list_versions(tmp_path)] == [vid, child]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_loading_a_version_does_not_claim_random_weights(tiny, tmp_path, caplog):
+    # open_clip builds the bare architecture first and says "No pretrained weights loaded ...
+    # initialized randomly"; the version's weights load right after, so that would be false
+    vid = save_version(tmp_path, tiny.model, tiny.spec)
+    with caplog.at_level(logging.INFO):
+        loaded = load_model(tmp_path / vid)
+    assert torch.equal(_logits(tiny), _logits(loaded))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in said if "initialized randomly" in m or "no CLIP weights" in m], said
+    other = logging.getLogger("elsewhere")
+    with caplog.at_level(logging.WARNING):
+        other.warning("No pretrained weights loaded for model 'x'")  # the filter was only temporary
+        logging.warning("No pretrained weights loaded for model 'y'")
+    assert sum("No pretrained weights" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("template", ["{} {x}", "{0}{}", "{.__class__}{}", "{} {", "{{}}", "{!r}",
+                                      "{:>9}", "}{}", "no slot", ""])
+def test_a_template_needs_exactly_one_plain_slot(tiny, template):
+    with pytest.raises(ConfigError, match=re.escape(f"template {template!r}")):
+        check_template(template)
+    with pytest.raises(ConfigError, match="exactly one '{}'"):
+        build_head(tiny.model, tiny.tokenizer, ["red"], ["a {}", template])
+
+
+def test_good_templates_pass_unchanged():
+    for template in ("{}", "a photo of a {}.", "{{literal}} {}", "{} }}"):
+        assert check_template(template) == template
 
 
 def test_tampered_weights_are_refused(tiny, tmp_path):

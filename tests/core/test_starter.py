@@ -1,6 +1,7 @@
 """The offline starter model: real pretrained towers, aligned without data, saved as a version.
 
-The starter is built once per test session (about a minute on two CPU cores).
+The starter is built once per test session (about a minute on two CPU cores; the ``starter_dir``
+and ``starter`` fixtures live in tests/conftest.py, shared with the update test on the starter).
 """
 
 import math
@@ -20,16 +21,6 @@ from zscl_core.starter import (STARTER_NAME, alignment_texts, ensure_starter, fi
                                relu6_bn_mean)
 
 CIFAR_TAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-subset.tar"
-
-
-@pytest.fixture(scope="session")
-def starter_dir(tmp_path_factory):
-    return ensure_starter(tmp_path_factory.mktemp("versions"))
-
-
-@pytest.fixture(scope="session")
-def starter(starter_dir):
-    return load_version(starter_dir)
 
 
 def test_relu6_bn_mean_matches_hand_computed_values():

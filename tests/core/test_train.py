@@ -149,6 +149,16 @@ def test_bad_inputs_are_refused(pretrained_tiny):
         UpdateConfig.from_dict({"learning_rate": 1})
 
 
+def test_default_warmup_fits_any_number_of_steps():
+    # a fixed default of 100 warm-up steps used to make UpdateConfig(steps=50) an error
+    assert [UpdateConfig(steps=n).warmup for n in (1, 9, 50, 1000, 5000)] == [0, 0, 5, 100, 100]
+    assert UpdateConfig(steps=50).warmup_steps is None
+    assert UpdateConfig(steps=50, warmup_steps=0).warmup == 0
+    assert UpdateConfig(steps=50, warmup_steps=7).warmup == 7
+    with pytest.raises(ConfigError, match=r"warmup_steps must be in \[0, steps=50\).*got 50"):
+        UpdateConfig(steps=50, warmup_steps=50)
+
+
 def test_zscl_learns_the_new_task_and_forgets_less_than_continual_ft(pretrained_tiny):
     loaded, colour_test = pretrained_tiny
     initial = _copy_model(loaded)

@@ -5,10 +5,11 @@ from fastapi.testclient import TestClient
 
 from service import registry
 from service.app import create_app
-from service.bootstrap import ensure_serving
+from service.bootstrap import describe_served_model, ensure_serving
 from service.db import create_all, make_engine, make_session_factory
 from service.settings import Settings
 from tests.synthetic import write_tiny_config
+from zscl_core import load_model, save_version
 
 
 def _session(settings):
@@ -42,3 +43,19 @@ def test_an_unloadable_model_is_reported_on_readyz(tmp_path):
         assert response.status_code == 503
         assert "embed_dim, vision_cfg and text_cfg" in response.json()["detail"]
         assert client.get("/livez").status_code == 200
+
+
+def test_the_start_banner_names_the_version_actually_served(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", model=str(write_tiny_config(tmp_path)))
+    assert "first start" in describe_served_model(settings)  # nothing served yet
+    assert not settings.versions_dir.exists()  # and asking created no version
+    with _session(settings) as session:
+        first = ensure_serving(session, settings)
+        assert describe_served_model(settings) == f"version {first} (ZSCL_MODEL is read only on a first start)"
+        loaded = load_model(settings.versions_dir / first)
+        promoted = save_version(settings.versions_dir, loaded.model, loaded.spec, parent=first)
+        registry.register_version(session, promoted, settings.versions_dir / promoted, first, {})
+        registry.activate(session, promoted)
+    # a restart with the same ZSCL_MODEL serves the promoted version: the banner says so
+    banner = describe_served_model(settings)
+    assert promoted in banner and first not in banner and settings.model not in banner

@@ -6,6 +6,7 @@ from PIL import Image
 from service.errors import InvalidImage, PayloadTooLarge
 from service.imaging import decode_image, preprocess_images
 from tests.service.conftest import png_bytes
+from tests.service.test_ingest import huge_png
 
 
 def test_decodes_to_rgb():
@@ -22,6 +23,23 @@ def test_pixel_limit_is_checked_before_decoding():
     assert len(buffer.getvalue()) < 100_000
     with pytest.raises(PayloadTooLarge, match="bomb.png.*4000x4000"):
         decode_image(buffer.getvalue(), "bomb.png", max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("width, height, size", [
+    (7000, 7000, "7000x7000 = 49000000 pixels"),
+    (10_000, 10_000, "10000x10000 = 100000000 pixels"),  # past Pillow's warning threshold
+    (20_000, 20_000, "400000000 pixels"),  # past twice Pillow's limit: Image.open itself refuses
+])
+def test_decompression_bombs_are_413_naming_the_pixel_count(width, height, size):
+    with pytest.raises(PayloadTooLarge, match=f"image 'bomb.png' has {size}, more than the "
+                                              f"limit of 40000000"):
+        decode_image(huge_png(width, height), "bomb.png", max_pixels=40_000_000)
+
+
+def test_a_cap_above_pillows_own_names_the_limit_that_refused():
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(PayloadTooLarge, match=f"has 400000000 pixels, more than the limit of {limit}"):
+        decode_image(huge_png(20_000, 20_000), "bomb.png", max_pixels=10 ** 9)
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image", png_bytes("red", size=64)[:60]])

@@ -405,9 +405,14 @@ BAD = {
                        DatasetError, r"'blue/cut\.jpg' is truncated or corrupt"),
     "pixel-cap": (lambda tmp: (write_zip(tmp / "up.zip", _with(**{"blue/big.png": huge_png(4000, 4000)})),
                                None, IngestLimits(max_image_pixels=1_000_000)),
-                  DatasetError, r"'blue/big\.png' is 4000x4000 pixels, more than the limit of 1000000"),
+                  DatasetTooLarge, r"'blue/big\.png' has 4000x4000 = 16000000 pixels, more than the "
+                                   r"limit of 1000000"),
+    # past twice Pillow's own MAX_IMAGE_PIXELS, Image.open refuses the header itself
     "decompression-bomb": (_zip(_with(**{"blue/bomb.png": huge_png(100_000, 100_000)})),
-                           DatasetError, r"'blue/bomb\.png' has too many pixels to decode safely"),
+                           DatasetTooLarge, r"'blue/bomb\.png' has 10000000000 pixels, more than the "
+                                            r"limit of 40000000"),
+    "between-pillow-limits": (_zip(_with(**{"blue/big.png": huge_png(10_000, 10_000)})),
+                              DatasetTooLarge, r"'blue/big\.png' has 10000x10000 = 100000000 pixels"),
     "same-image-two-labels": (_zip(_with(**{"green/copy.png": GOOD["red/0.png"]})),
                               DatasetError, r"'(red/0|green/copy)\.png' .* are the same image with two labels"),
     "train-without-test": (_tar(stripe_files("train", 3, 0)),

@@ -161,6 +161,7 @@ def _rows(sessions, job_id):
 def test_gate_rows_are_keyed_by_dataset_id_when_names_repeat(job_env, tmp_path):
     settings, sessions, _ = job_env
     first = upload(settings, sessions, stripes_zip(), "pets", tmp_path)
+    (tmp_path / "b").mkdir()
     second = upload(settings, sessions, stripes_zip(seed=11), "pets", tmp_path / "b")
     assert first.id != second.id
     runner = JobRunner(settings, sessions)
@@ -196,3 +197,32 @@ def test_a_suite_is_scored_on_all_its_images(job_env, tmp_path):
     rows = {r["kind"]: r for r in _rows(sessions, job_id)}
     assert rows["suite"]["n"] == colours.n_train + colours.n_test == 80
     assert rows["new_task"]["n"] == stripes.n_test
+
+
+def test_cancel_of_a_job_with_slow_steps_takes_effect_within_seconds(job_env, tmp_path):
+    import time
+
+    settings, sessions, served = job_env
+    stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
+    hparams = {k: v for k, v in FAST_HPARAMS.items() if k != "cancel_check_every"}  # the default
+    job_id = _job(sessions, stripes.id, hparams={**hparams, "steps": 100})
+    original_call = pipeline._Progress.__call__
+    asked = {}
+
+    def slow_step(self, info):  # a 2-second step, as on a big model
+        time.sleep(2.0)
+        original_call(self, info)
+        if info.step == 1:
+            with sessions() as session:
+                jobs.request_cancel(session, job_id)
+            asked["at"] = time.monotonic()
+
+    pipeline._Progress.__call__ = slow_step
+    try:
+        assert JobRunner(settings, sessions).run(job_id) == "cancelled"
+    finally:
+        pipeline._Progress.__call__ = original_call
+    assert time.monotonic() - asked["at"] < 10.0
+    with sessions() as session:
+        assert jobs.get_job(session, job_id).metrics["cancelled_at_step"] <= 2
+        assert registry.get_serving(session)[0] == served

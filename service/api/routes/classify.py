@@ -67,7 +67,7 @@ def _split_labels(values: list[str]) -> list[str] | None:
         value = values[0].strip()
         if value.startswith("["):
             try:
-                return [str(v) for v in json.loads(value)]
+                return list(json.loads(value))  # classify refuses items that are not strings
             except json.JSONDecodeError as exc:
                 raise InvalidRequest(f"labels looks like JSON but is not: {exc}") from exc
         return [part.strip() for part in value.split(",")]

@@ -14,7 +14,7 @@ from ... import datasets
 from ...errors import PayloadTooLarge
 from ...job_schemas import DatasetOut, SuiteIn
 from .. import API_V1
-from ..deps import ServicesDep, SessionDep, require_admin
+from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
 
 router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"])
 
@@ -69,12 +69,13 @@ async def upload(request: Request, services: ServicesDep,
     return JSONResponse(DatasetOut(**body).model_dump(mode="json"), status_code=201 if created else 200)
 
 
-@router.get("", response_model=list[DatasetOut], summary="Every dataset")
+@router.get("", dependencies=READ_ACCESS, response_model=list[DatasetOut], summary="Every dataset")
 def list_all(session: SessionDep) -> list[DatasetOut]:
     return [DatasetOut(**datasets.dataset_out(row)) for row in datasets.list_datasets(session)]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, summary="One dataset")
+@router.get("/{dataset_id}", dependencies=READ_ACCESS,
+            response_model=DatasetOut, summary="One dataset")
 def get_one(dataset_id: DatasetId, session: SessionDep) -> DatasetOut:
     return DatasetOut(**datasets.dataset_out(datasets.get_dataset(session, dataset_id)))
 

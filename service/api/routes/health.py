@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ...schemas import HealthOut
-from ..deps import ServicesDep
+from ..deps import READ_ACCESS, ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -27,6 +27,7 @@ async def readyz(services: ServicesDep):
     return HealthOut(status="ready", model_version=served.version)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", dependencies=READ_ACCESS,
+            summary="Prometheus metrics", response_class=Response)
 async def metrics(services: ServicesDep) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,7 @@ from ...job_schemas import JobEventOut, JobEventsOut, JobIn, JobOut
 from ...jobs_db import TERMINAL_STATES
 from ...updates import submit_job
 from .. import API_V1
-from ..deps import ServicesDep, SessionDep, require_admin
+from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
 
 router = APIRouter(prefix=f"{API_V1}/jobs", tags=["jobs"])
 
@@ -33,18 +33,21 @@ def create(body: JobIn, services: ServicesDep,
                         status_code=202 if created else 200)
 
 
-@router.get("", response_model=list[JobOut], summary="Jobs, newest first")
+@router.get("", dependencies=READ_ACCESS,
+            response_model=list[JobOut], summary="Jobs, newest first")
 def list_all(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
              offset: Annotated[int, Query(ge=0)] = 0) -> list[JobOut]:
     return [JobOut(**jobs.job_summary(j)) for j in jobs.list_jobs(session, limit=limit, offset=offset)]
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="One job: state, progress, losses, ETA, report")
+@router.get("/{job_id}", dependencies=READ_ACCESS,
+            response_model=JobOut, summary="One job: state, progress, losses, ETA, report")
 def get_one(job_id: JobId, session: SessionDep) -> JobOut:
     return JobOut(**jobs.job_summary(jobs.get_job(session, job_id)))
 
 
-@router.get("/{job_id}/events", response_model=JobEventsOut, summary="A job's events, oldest first")
+@router.get("/{job_id}/events", dependencies=READ_ACCESS,
+            response_model=JobEventsOut, summary="A job's events, oldest first")
 def events(job_id: JobId, session: SessionDep, after: Annotated[int, Query(ge=0)] = 0,
            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobEventsOut:
     jobs.get_job(session, job_id)
@@ -53,7 +56,8 @@ def events(job_id: JobId, session: SessionDep, after: Annotated[int, Query(ge=0)
                         next_after=rows[-1].id if rows else after)
 
 
-@router.get("/{job_id}/events/stream", summary="A job's events as server-sent events",
+@router.get("/{job_id}/events/stream", dependencies=READ_ACCESS,
+            summary="A job's events as server-sent events",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def stream(job_id: JobId, services: ServicesDep, after: Annotated[int, Query(ge=0)] = 0,

@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from ... import label_sets
+from ...classify import check_label_set
 from ...schemas import LabelSetIn, LabelSetOut
 from .. import API_V1
-from ..deps import SessionDep, require_admin
+from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
 
 router = APIRouter(prefix=f"{API_V1}/label-sets", tags=["label sets"])
 
@@ -21,20 +22,26 @@ def _out(row) -> LabelSetOut:
                        source=row.source, updated_at=row.updated_at)
 
 
-@router.get("", response_model=list[LabelSetOut], summary="Every label set")
+@router.get("", dependencies=READ_ACCESS,
+            response_model=list[LabelSetOut], summary="Every label set")
 def list_all(session: SessionDep) -> list[LabelSetOut]:
     return [_out(row) for row in label_sets.list_label_sets(session)]
 
 
-@router.get("/{name}", response_model=LabelSetOut, summary="One label set")
+@router.get("/{name}", dependencies=READ_ACCESS,
+            response_model=LabelSetOut, summary="One label set")
 def get_one(name: Name, session: SessionDep) -> LabelSetOut:
     return _out(label_sets.get_label_set(session, name))
 
 
 @router.put("/{name}", response_model=LabelSetOut, dependencies=[Depends(require_admin)],
-            summary="Create or replace a label set")
-def put_one(name: Name, body: LabelSetIn, session: SessionDep) -> LabelSetOut:
-    return _out(label_sets.put_label_set(session, name, body.classnames, body.templates, body.source))
+            summary="Create or replace a label set",
+            description="Refused (422) unless classify would accept the labels and templates: "
+                        "a stored set is always usable.")
+def put_one(name: Name, body: LabelSetIn, session: SessionDep, services: ServicesDep) -> LabelSetOut:
+    classnames, templates = check_label_set(body.classnames, body.templates,
+                                            services.classifier.limits)
+    return _out(label_sets.put_label_set(session, name, classnames, templates, body.source))
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Depends(require_admin)],

@@ -9,7 +9,7 @@ from ... import registry
 from ...db import ModelVersion
 from ...schemas import ActivateOut, ModelOut, ModelsOut
 from .. import API_V1
-from ..deps import ServicesDep, SessionDep, require_admin
+from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
 
 router = APIRouter(prefix=f"{API_V1}/models", tags=["models"])
 
@@ -30,7 +30,8 @@ def _out(version: ModelVersion, serving: str | None, by_id: dict[str, ModelVersi
                     lineage=_lineage(version, by_id))
 
 
-@router.get("", response_model=ModelsOut, summary="Every version, its lineage and metrics")
+@router.get("", dependencies=READ_ACCESS,
+            response_model=ModelsOut, summary="Every version, its lineage and metrics")
 def list_models(session: SessionDep, services: ServicesDep) -> ModelsOut:
     versions = registry.list_registered(session)
     serving, generation = registry.get_serving(session)
@@ -41,7 +42,8 @@ def list_models(session: SessionDep, services: ServicesDep) -> ModelsOut:
                      versions=[_out(v, serving, by_id) for v in versions])
 
 
-@router.get("/{version_id}", response_model=ModelOut, summary="One version")
+@router.get("/{version_id}", dependencies=READ_ACCESS,
+            response_model=ModelOut, summary="One version")
 def get_model(version_id: str, session: SessionDep) -> ModelOut:
     version = registry.get_version(session, version_id)
     serving, _ = registry.get_serving(session)

@@ -98,3 +98,73 @@ def test_inference_key(data_dir):
         assert classify_files(client, image, headers={"X-API-Key": INFERENCE_KEY}).status_code == 200
         assert classify_files(client, image, headers={"X-API-Key": ADMIN_KEY}).status_code == 200
         assert client.get("/readyz").status_code == 200  # health stays open
+
+
+BAD_TEMPLATES = ["{} {x}", "{0}{}", "{.__class__}{}", "{} {", "{{}}", "a {!r} photo", "no slot"]
+
+
+def test_templates_other_than_one_plain_slot_are_422_naming_the_template(client):
+    for template in BAD_TEMPLATES:
+        multipart = classify_files(client, ("r.png", png_bytes("red")), templates=template)
+        assert multipart.status_code == 422, (template, multipart.text)
+        assert f"template {template!r}" in multipart.json()["detail"]
+        as_json = client.post("/v1/classify", json={
+            "images": [base64.b64encode(png_bytes("red")).decode()], "labels": ["red", "blue"],
+            "templates": ["a photo of a {}.", template]})
+        assert as_json.status_code == 422 and f"template {template!r}" in as_json.json()["detail"]
+        stored = client.put("/v1/label-sets/odd", json={"classnames": ["red"], "templates": [template]},
+                            headers={"X-API-Key": ADMIN_KEY})
+        assert stored.status_code == 422 and f"template {template!r}" in stored.json()["detail"]
+    assert client.get("/v1/label-sets").json() == []
+    literal = classify_files(client, ("r.png", png_bytes("red")), templates="{{braces}} {}")
+    assert literal.status_code == 200 and _top(literal) == ["red"]
+
+
+def test_multipart_labels_must_be_strings(client):
+    for labels, needle in [('[1, "red"]', "label 0 is 1 (int)"), ('["red", null]', "label 1 is None"),
+                           ('["red", {"a": 1}]', "label 1 is {'a': 1} (dict)")]:
+        response = classify_files(client, ("r.png", png_bytes("red")), labels=labels)
+        assert response.status_code == 422, response.text
+        assert "labels must be strings" in response.json()["detail"]
+        assert needle in response.json()["detail"]
+    long = classify_files(client, ("r.png", png_bytes("red")), labels="red," + "x" * 300)
+    assert long.status_code == 422 and "label 1 ('xxx" in long.json()["detail"]
+    assert "300 characters, more than the limit of 256" in long.json()["detail"]
+
+
+def test_label_sets_are_capped_as_classify_is(data_dir):
+    admin = {"X-API-Key": ADMIN_KEY}
+    with running_client(make_settings(data_dir, max_labels=3, max_templates=2)) as client:
+        many = client.put("/v1/label-sets/many", json={"classnames": ["a", "b", "c", "d"]}, headers=admin)
+        assert many.status_code == 422 and "4 labels is more than the limit of 3" in many.json()["detail"]
+        templates = client.put("/v1/label-sets/t", headers=admin,
+                               json={"classnames": ["a"], "templates": ["{}", "a {}", "the {}"]})
+        assert templates.status_code == 422
+        assert "3 templates is more than the limit of 2" in templates.json()["detail"]
+        # no templates means the 8 default ones, which this deployment's classify would refuse
+        defaults = client.put("/v1/label-sets/d", json={"classnames": ["a"]}, headers=admin)
+        assert defaults.status_code == 422 and "8 templates" in defaults.json()["detail"]
+        long = client.put("/v1/label-sets/l", json={"classnames": ["a" * 257], "templates": ["{}"]},
+                          headers=admin)
+        assert long.status_code == 422 and "257 characters" in long.json()["detail"]
+        assert client.get("/v1/label-sets").json() == []
+
+
+OPEN_ROUTES = {"/livez", "/readyz"}
+PATH_VALUES = {"job_id": "abcdef", "dataset_id": "abcdef", "version_id": "v-colour", "name": "x"}
+
+
+def test_inference_key_guards_every_read_route(data_dir):
+    with running_client(make_settings(data_dir, inference_key=INFERENCE_KEY)) as client:
+        reads = [path for path, ops in client.get("/openapi.json").json()["paths"].items() if "get" in ops]
+        guarded = [path.format(**PATH_VALUES) for path in reads if path not in OPEN_ROUTES]
+        assert {"/metrics", "/v1/models", "/v1/datasets", "/v1/jobs", "/v1/label-sets"} <= set(guarded)
+        for path in guarded:
+            bare = client.get(path)
+            assert bare.status_code == 401, path
+            assert "X-API-Key" in bare.json()["detail"]
+            assert client.get(path, headers={"X-API-Key": "wrong-key-000"}).status_code == 403, path
+            for key in (INFERENCE_KEY, ADMIN_KEY):
+                assert client.get(path, headers={"X-API-Key": key}).status_code not in (401, 403), path
+        for path in OPEN_ROUTES:
+            assert client.get(path).status_code == 200

@@ -50,7 +50,9 @@ BAD = {
     "truncated-jpeg": (lambda: _zip({**colour_files(3), "red/cut.jpg": _truncated_jpeg()}), 422,
                        "cut.jpg"),
     "pixel-bomb": (lambda: _zip({**colour_files(3), "red/huge.png": huge_png(100_000, 100_000)}),
-                   422, "huge.png"),
+                   413, "'red/huge.png' has 10000000000 pixels"),
+    "pixel-cap": (lambda: _zip({**colour_files(3), "red/huge.png": huge_png(7000, 7000)}),
+                  413, "'red/huge.png' has 7000x7000 = 49000000 pixels"),
 }
 
 
@@ -144,6 +146,41 @@ def test_job_validation_and_unknown_ids(client):
     assert client.get("/v1/jobs/abcdef").status_code == 404
     assert client.post("/v1/jobs/abcdef/cancel", headers=ADMIN).status_code == 404
     assert client.get("/v1/jobs").json() == []
+
+
+WRONG_TYPES = {
+    "steps-string": ({"hparams": {"steps": "6"}}, "hparams.steps"),
+    "steps-null": ({"hparams": {"steps": None}}, "hparams.steps"),
+    "steps-list": ({"hparams": {"steps": [6]}}, "hparams.steps"),
+    "steps-fraction": ({"hparams": {"steps": 6.5}}, "hparams.steps"),
+    "lr-string": ({"hparams": {"lr": "1e-5"}}, "hparams.lr"),
+    "trainable-int": ({"hparams": {"trainable": 5}}, "hparams.trainable"),
+    "bf16-string": ({"hparams": {"bf16": "no"}}, "hparams.bf16"),
+    "seed-string": ({"hparams": {"seed": "x"}}, "hparams.seed"),
+    "unknown-hparam": ({"hparams": {"learning_rate": 1e-5}}, "hparams.learning_rate is not a field"),
+    "gate-string": ({"gate": {"max_drift": "0.5"}}, "gate.max_drift"),
+    "gate-unknown": ({"gate": {"max_loss": 1}}, "gate.max_loss is not a field"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_TYPES))
+def test_job_hparams_and_gate_of_the_wrong_type_are_422_naming_the_field(client, case):
+    body, needle = WRONG_TYPES[case]
+    response = client.post("/v1/jobs", json={"dataset_id": "abcdef", **body}, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert needle in response.json()["detail"]
+    assert client.get("/v1/jobs").json() == []
+
+
+def test_a_short_job_takes_a_short_warmup_but_an_explicit_long_one_is_refused(client):
+    dataset = _post(client, _zip(colour_files(4)), name="colours").json()
+    short = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "hparams": {"steps": 50}},
+                        headers=ADMIN)
+    assert short.status_code == 202, short.text
+    assert short.json()["hparams"]["warmup_steps"] == 5  # min(100, steps // 10), stored explicitly
+    long = client.post("/v1/jobs", json={"dataset_id": dataset["id"],
+                                         "hparams": {"steps": 50, "warmup_steps": 50}}, headers=ADMIN)
+    assert long.status_code == 422 and "warmup_steps must be in [0, steps=50)" in long.json()["detail"]
 
 
 def test_job_create_is_idempotent_cancel_and_events_paginated_and_streamed(client):
