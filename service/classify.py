@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from zscl_core import DEFAULT_TEMPLATES
+from zscl_core import DEFAULT_TEMPLATES, WorkAbandoned
 
 from .batching import MicroBatcher
-from .errors import InvalidRequest
+from .errors import ClientGone, InvalidRequest, PayloadTooLarge
 from .imaging import preprocess_images
 from .label_sets import get_label_set
 from .schemas import check_labels, check_templates
@@ -27,6 +28,7 @@ class Limits:
     max_batch_images: int
     max_image_pixels: int
     max_templates: int
+    max_prompts: int = 1024
 
 
 def check_label_set(labels: Sequence[str], templates: Sequence[str] | None, limits: Limits
@@ -52,7 +54,22 @@ def check_label_set(labels: Sequence[str], templates: Sequence[str] | None, limi
     if n_templates > limits.max_templates:
         raise InvalidRequest(f"{n_templates} templates is more than the limit of "
                              f"{limits.max_templates}")
+    if len(labels) * n_templates > limits.max_prompts:
+        raise PayloadTooLarge(f"{len(labels)} labels x {n_templates} templates = "
+                              f"{len(labels) * n_templates} prompts to encode is more than the limit "
+                              f"of {limits.max_prompts} per request (ZSCL_MAX_PROMPTS); use fewer "
+                              f"labels or templates, or split the labels over several requests")
     return labels, templates
+
+
+async def _watch(disconnected: Callable[[], Awaitable[bool]], gone: threading.Event,
+                 every_s: float = 0.2) -> None:
+    """Set ``gone`` once the client has disconnected (polled; cancelled when work ends)."""
+    while not gone.is_set():
+        if await disconnected():
+            gone.set()
+            return
+        await asyncio.sleep(every_s)
 
 
 @dataclass
@@ -96,25 +113,40 @@ class Classifier:
 
     async def classify(self, files: list[tuple[str, bytes]], *, labels: Sequence[str] | None = None,
                        label_set: str | None = None, templates: Sequence[str] | None = None,
-                       top_k: int = 5) -> Classification:
-        """Rank the labels for each (filename, bytes) image."""
+                       top_k: int = 5,
+                       disconnected: Callable[[], Awaitable[bool]] | None = None
+                       ) -> Classification:
+        """Rank the labels for each (filename, bytes) image.
+
+        ``disconnected`` (the request's ``is_disconnected``) is polled while the labels' head is
+        encoded; when the client has gone, the encoding stops at its next chunk (``ClientGone``).
+        """
         started = time.perf_counter()
         self.check_batch(len(files))
         if top_k < 1:
             raise InvalidRequest("top_k must be at least 1")
         served = self.holder.require()  # this request's one version, for images and text alike
         self.batcher.admit(len(files))
+        gone = threading.Event()
+        watcher = (asyncio.create_task(_watch(disconnected, gone)) if disconnected is not None
+                   else None)
         try:
             def prepare():
                 names, tmpl = self._resolve(labels, label_set, templates)
                 pixels = preprocess_images(files, served.preprocess,
                                            max_pixels=self.limits.max_image_pixels)
-                return names, pixels, self.holder.head(served, names, tmpl)
+                return names, pixels, self.holder.head(served, names, tmpl, gone.is_set)
 
             classnames, pixels, head = await asyncio.to_thread(prepare)
+        except WorkAbandoned as exc:
+            self.batcher.release(len(files))
+            raise ClientGone(f"the client disconnected; {exc}") from exc
         except BaseException:
             self.batcher.release(len(files))
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         ranked = await self.batcher.submit(served, pixels, head, top_k)
         return Classification(served.version, [name for name, _ in files],
                               [[(classnames[i], p) for i, p in row] for row in ranked],

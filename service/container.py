@@ -43,7 +43,7 @@ def build_services(settings: Settings) -> Services:
                            queue_max=settings.queue_max, on_batch=metrics.batch_size.observe)
     metrics.watch(holder.heads, lambda: batcher.depth)
     limits = Limits(settings.max_labels, settings.max_batch_images, settings.max_image_pixels,
-                    settings.max_templates)
+                    settings.max_templates, settings.max_prompts)
     classifier = Classifier(holder, batcher, sessions, limits)
     from worker.celery_app import create_celery
     return Services(settings, engine, sessions, metrics, holder, batcher, classifier,

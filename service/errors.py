@@ -7,7 +7,8 @@ them (and ``zscl_core`` errors) into HTTP responses is :mod:`service.api.errors`
 from __future__ import annotations
 
 __all__ = ["ServiceError", "NotReady", "Unauthorized", "Forbidden", "NotFound", "Conflict",
-           "InvalidRequest", "InvalidImage", "PayloadTooLarge", "QueueFull", "UnknownVersion"]
+           "InvalidRequest", "InvalidImage", "PayloadTooLarge", "QueueFull", "UnknownVersion",
+           "ClientGone"]
 
 
 class ServiceError(Exception):
@@ -63,6 +64,12 @@ class InvalidImage(InvalidRequest):
 
 class PayloadTooLarge(ServiceError):
     status_code = 413
+
+
+class ClientGone(ServiceError):
+    """The client disconnected while its request was being worked on; nobody reads the answer."""
+
+    status_code = 499  # nginx's "client closed request": logged, never sent
 
 
 class QueueFull(ServiceError):

@@ -54,8 +54,9 @@ class ServedModel:
         return self.model.encode_image(pixels.to(self.device), normalize=True).float()
 
     @torch.inference_mode()
-    def build_head(self, classnames, templates) -> torch.Tensor:
-        return build_head(self.model, self.tokenizer, classnames, templates, device=self.device).float()
+    def build_head(self, classnames, templates, should_stop=None) -> torch.Tensor:
+        return build_head(self.model, self.tokenizer, classnames, templates, device=self.device,
+                          should_stop=should_stop).float()
 
 
 def load_served(path: Path, version: str, generation: int, device: str) -> ServedModel:
@@ -109,10 +110,12 @@ class ModelHolder:
             raise NotReady(f"the model is still loading; retry shortly{hint}")
         return served
 
-    def head(self, served: ServedModel, classnames, templates) -> torch.Tensor:
-        """The text head of ``served`` for these labels, from the LRU cache. Blocking."""
+    def head(self, served: ServedModel, classnames, templates, should_stop=None) -> torch.Tensor:
+        """The text head of ``served`` for these labels, from the LRU cache. Blocking;
+        ``should_stop`` can abandon a miss between chunks (``WorkAbandoned``)."""
         key = HeadCache.key(served.version, classnames, templates)
-        return self.heads.get_or_build(key, lambda: served.build_head(classnames, templates))
+        return self.heads.get_or_build(
+            key, lambda: served.build_head(classnames, templates, should_stop))
 
     def _read_pointer(self) -> tuple[str | None, int, str | None]:
         with self._sessions() as session:

@@ -7,7 +7,7 @@ from .averaging import interpolate, running_mean, uniform_mean
 from .config import UpdateConfig
 from .data import LabelledImages, UnlabelledImages, class_name_from_folder, scan_image_folder
 from .errors import (ConfigError, DatasetError, ModelLoadError, UpdateCancelled,
-                     VersionIntegrityError, ZSCLError)
+                     VersionIntegrityError, WorkAbandoned, ZSCLError)
 from .gate import GatePolicy, GateReport, PairedScore, evaluate_gate
 from .evaluate import (accuracy, accuracy_from_features, correct, correct_from_features, drift,
                        encode_images)
@@ -26,7 +26,7 @@ __all__ = [
     "UpdateConfig",
     "LabelledImages", "UnlabelledImages", "class_name_from_folder", "scan_image_folder",
     "ConfigError", "DatasetError", "ModelLoadError", "UpdateCancelled", "VersionIntegrityError",
-    "ZSCLError",
+    "WorkAbandoned", "ZSCLError",
     "accuracy", "accuracy_from_features", "correct", "correct_from_features", "drift",
     "encode_images",
     "GatePolicy", "GateReport", "PairedScore", "evaluate_gate",

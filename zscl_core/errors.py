@@ -7,6 +7,7 @@ __all__ = [
     "VersionIntegrityError",
     "DatasetError",
     "UpdateCancelled",
+    "WorkAbandoned",
 ]
 
 
@@ -28,6 +29,10 @@ class VersionIntegrityError(ModelLoadError):
 
 class DatasetError(ZSCLError, ValueError):
     """A dataset is unusable (too few classes, empty classes, unreadable images...)."""
+
+
+class WorkAbandoned(ZSCLError):
+    """A caller's ``should_stop()`` asked long work (encoding a head) to stop between chunks."""
 
 
 class UpdateCancelled(ZSCLError):

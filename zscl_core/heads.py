@@ -16,7 +16,7 @@ import torch
 from open_clip import build_zero_shot_classifier
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, WorkAbandoned
 
 __all__ = ["DEFAULT_TEMPLATES", "build_head", "check_template", "encode_texts", "HeadCache", "HeadKey"]
 
@@ -68,7 +68,8 @@ def check_template(template: str) -> str:
 
 def build_head(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
                templates: Sequence[str] = DEFAULT_TEMPLATES, *,
-               device: str | torch.device = "cpu", chunk_texts: int = 512) -> torch.Tensor:
+               device: str | torch.device = "cpu", chunk_texts: int = 512,
+               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Template-averaged, normalised classifier weights.
 
     Args:
@@ -78,6 +79,8 @@ def build_head(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
         templates: format strings with one ``{}`` for the class name (see :func:`check_template`).
         device: where to encode.
         chunk_texts: the most prompts encoded in one forward pass.
+        should_stop: checked before each chunk; True abandons the work with
+            :class:`~zscl_core.errors.WorkAbandoned` (a server whose client went away).
 
     Returns:
         A (embed_dim, num_classes) tensor; logits are ``normalised_image_features @ head``.
@@ -88,8 +91,15 @@ def build_head(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
         raise ConfigError("a head needs at least one template, e.g. 'a photo of a {}.'")
     templates = [check_template(t) for t in templates]
     per_batch = max(1, chunk_texts // len(templates))
-    return build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
-                                      num_classes_per_batch=per_batch, device=device)
+    classnames, parts = list(classnames), []
+    for start in range(0, len(classnames), per_batch):  # each class's weight is its own mean
+        if should_stop is not None and should_stop():
+            raise WorkAbandoned(f"head building stopped after {start} of {len(classnames)} "
+                                f"classes")
+        parts.append(build_zero_shot_classifier(model, tokenizer, classnames[start:start + per_batch],
+                                                list(templates), num_classes_per_batch=per_batch,
+                                                device=device, use_tqdm=False))
+    return torch.cat(parts, dim=1)
 
 
 class HeadCache:

@@ -143,7 +143,8 @@ async def classify(request: Request, services: ServicesDep) -> ClassifyResponse:
     else:
         raise UnsupportedMediaType("send multipart/form-data (image files in 'images') or "
                                    "application/json (base64 images)")
-    result = await services.classifier.classify(parsed.pop("files"), **parsed)
+    result = await services.classifier.classify(parsed.pop("files"), **parsed,
+                                                disconnected=request.is_disconnected)
     request.state.model_version = result.version
     services.metrics.images.labels(result.version).inc(len(result.names))
     return _response(result)

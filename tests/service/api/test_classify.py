@@ -1,7 +1,7 @@
 import base64
 
-from tests.service.conftest import (ADMIN_KEY, INFERENCE_KEY, classify_files, make_settings, png_bytes,
-                                    running_client)
+from tests.service.conftest import (ADMIN_KEY, COLOUR_LABELS, INFERENCE_KEY, classify_files,
+                                    make_settings, png_bytes, running_client)
 
 
 def _top(response):
@@ -168,3 +168,44 @@ def test_inference_key_guards_every_read_route(data_dir):
                 assert client.get(path, headers={"X-API-Key": key}).status_code not in (401, 403), path
         for path in OPEN_ROUTES:
             assert client.get(path).status_code == 200
+
+
+def test_labels_times_templates_are_capped_per_request(data_dir):
+    with running_client(make_settings(data_dir, max_prompts=10)) as client:
+        ok = classify_files(client, ("r.png", png_bytes("red")), labels="red,green",
+                            templates=["{}", "a {}"])
+        assert ok.status_code == 200, ok.text
+        response = classify_files(client, ("r.png", png_bytes("red")), labels=COLOUR_LABELS,
+                                  templates=["{}", "a {}", "the {}"])
+        assert response.status_code == 413, response.text
+        assert "4 labels x 3 templates = 12 prompts" in response.json()["detail"]
+        assert "limit of 10" in response.json()["detail"]
+        stored = client.put("/v1/label-sets/big", json={"classnames": ["a", "b", "c", "d", "e", "f"],
+                                                       "templates": ["{}", "a {}"]},
+                            headers={"X-API-Key": ADMIN_KEY})
+        assert stored.status_code == 413 and "12 prompts" in stored.json()["detail"]
+
+
+def test_head_work_for_a_disconnected_client_is_abandoned_between_chunks(data_dir):
+    import asyncio
+
+    import pytest
+
+    from service.errors import ClientGone
+
+    labels = [f"label {i}" for i in range(1000)]  # 8 default templates: 16 chunks of 512 prompts
+    with running_client(make_settings(data_dir, max_prompts=10_000)) as client:
+        classifier = client.app.state.services.classifier
+
+        async def gone() -> bool:
+            return True
+
+        with pytest.raises(ClientGone, match=r"stopped after \d+ of 1000 classes") as info:
+            asyncio.run(classifier.classify([("r.png", png_bytes("red"))], labels=labels,
+                                            disconnected=gone))
+        done = int(str(info.value).split("stopped after ")[1].split(" ")[0])
+        assert done < 1000
+        assert classifier.batcher._incoming == 0  # the admitted image was released
+        # the same labels for a client that stays: answered, and the head is cached
+        response = classify_files(client, ("r.png", png_bytes("red")), labels=",".join(labels))
+        assert response.status_code == 200, response.text
