@@ -12,6 +12,7 @@ __all__ = ["Metrics"]
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+HEAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class _LiveCollector(Collector):
@@ -50,9 +51,16 @@ class Metrics:
                             registry=self.registry)
         self.generation = Gauge("zscl_model_generation", "Pointer generation of the served version",
                                 registry=self.registry)
+        self.head_build = Histogram("zscl_head_build_seconds",
+                                    "Time to build one text head for the cache, by cause: a "
+                                    "request's miss, a stored label set, a swap's rebuilding",
+                                    ["cause"], buckets=HEAD_BUCKETS, registry=self.registry)
 
     def watch(self, heads: HeadCache, queue_depth) -> None:
         self.registry.register(_LiveCollector(heads, queue_depth))
+
+    def on_head_built(self, cause: str, seconds: float) -> None:
+        self.head_build.labels(cause).observe(seconds)
 
     def on_swap(self, old, new, trigger: str) -> None:
         if old is not None:

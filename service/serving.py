@@ -5,6 +5,10 @@ transform, tokenizer, id). :class:`ModelHolder` owns the single reference to the
 a swap loads and warms the new version off the request path, then replaces that reference.
 A request reads the reference once and uses that object throughout, so image features and the
 text head always come from the same version, and in-flight requests finish on the old model.
+
+Text heads are built ahead of requests where that is known to pay: a stored label set's head
+when it is stored (:meth:`ModelHolder.warm_head`), and after a swap, the old version's most
+recently used heads for the new version, before the swap call returns.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +26,7 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
-from zscl_core import HeadCache, ZSCLError, build_head, load_version
+from zscl_core import DEFAULT_TEMPLATES, HeadCache, ZSCLError, build_head, load_version
 
 from . import registry
 from .errors import NotReady
@@ -33,6 +38,7 @@ logger = logging.getLogger(__name__)
 WARMUP_TEMPLATES = ("a photo of a {}.",)
 RETRY_FIRST_S = 1.0  # a version that failed to load (files still arriving?) is retried with
 RETRY_MAX_S = 60.0   # exponential back-off, so a fixed version is picked up without a restart
+REWARM_HEADS = 16    # heads rebuilt for a new version after a swap, the most recently used first
 
 
 @dataclass(eq=False)
@@ -80,20 +86,28 @@ class ModelHolder:
         session_factory: opens database sessions (the pointer and version rows).
         device: where models are loaded.
         head_cache_size: text heads kept per process (keyed by version, labels, templates).
+        rewarm_heads: after a swap, this many of the old version's most recently used heads
+            are rebuilt for the new version.
         on_swap: called as ``on_swap(old, new, trigger)`` after each swap (metrics).
+        on_failure: called as ``on_failure(version, error)`` when a version fails to load.
+        on_head_built: called as ``on_head_built(cause, seconds)`` after each head built for
+            the cache; cause is "request", "label_set" or "swap" (metrics).
     """
 
     def __init__(self, session_factory: sessionmaker[Session], device: str, *,
-                 head_cache_size: int = 128,
+                 head_cache_size: int = 128, rewarm_heads: int = REWARM_HEADS,
                  on_swap: Callable[[ServedModel | None, ServedModel, str], None] | None = None,
-                 on_failure: Callable[[str, Exception], None] | None = None):
+                 on_failure: Callable[[str, Exception], None] | None = None,
+                 on_head_built: Callable[[str, float], None] | None = None):
         self._sessions = session_factory
         self.device = device
         self.heads = HeadCache(head_cache_size)
+        self.rewarm_heads = rewarm_heads
         self._current: ServedModel | None = None
         self._lock = asyncio.Lock()
         self._on_swap = on_swap
         self._on_failure = on_failure
+        self._on_head_built = on_head_built
         self._failed: dict[tuple[str, int], tuple[float, float]] = {}  # -> (retry at, delay)
         self.last_error: str | None = None
         self.phase: str | None = "starting"  # what /readyz reports while nothing is served
@@ -115,7 +129,46 @@ class ModelHolder:
         ``should_stop`` can abandon a miss between chunks (``WorkAbandoned``)."""
         key = HeadCache.key(served.version, classnames, templates)
         return self.heads.get_or_build(
-            key, lambda: served.build_head(classnames, templates, should_stop))
+            key, lambda: self._build_head(served, classnames, templates, "request", should_stop))
+
+    def warm_head(self, classnames, templates=None) -> bool:
+        """Build and cache the served version's head for these labels (no or empty templates:
+        the defaults, as classify uses them), so that their first request finds it cached.
+        Blocking; errors propagate. False when no version is served yet or it was cached."""
+        served = self._current
+        if served is None:
+            return False
+        templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
+        return self.heads.warm(HeadCache.key(served.version, classnames, templates),
+                               lambda: self._build_head(served, classnames, templates, "label_set"))
+
+    def _build_head(self, served: ServedModel, classnames, templates, cause: str,
+                    should_stop=None) -> torch.Tensor:
+        started = time.perf_counter()
+        head = served.build_head(classnames, templates, should_stop)
+        if self._on_head_built:
+            self._on_head_built(cause, time.perf_counter() - started)
+        return head
+
+    def _rewarm(self, old: ServedModel | None, new: ServedModel) -> None:
+        """Rebuild the old version's most recently used heads for ``new`` (blocking), the most
+        recent first, stopping if ``new`` stops being served meanwhile. A failure is logged and
+        ends the rebuilding: requests then build what they need, as without it."""
+        if old is None:
+            return
+        started, built = time.perf_counter(), 0
+        for _, classnames, templates in self.heads.recent(old.version, self.rewarm_heads):
+            if self._current is not new:
+                break
+            try:
+                built += self.heads.warm(HeadCache.key(new.version, classnames, templates),
+                                         partial(self._build_head, new, classnames, templates, "swap"))
+            except (ZSCLError, RuntimeError, ValueError) as exc:
+                logger.warning("rebuilding cached heads for %s stopped: %s", new.version, exc)
+                break
+        if built:
+            logger.info("rebuilt %d cached text heads for %s in %.2fs", built, new.version,
+                        time.perf_counter() - started)
 
     def _read_pointer(self) -> tuple[str | None, int, str | None]:
         with self._sessions() as session:
@@ -128,6 +181,8 @@ class ModelHolder:
 
         Loading runs in a worker thread; a version that fails to load is logged once, retried
         with back-off, and the current model keeps serving meanwhile.
+        After a swap, the old version's most recently used heads are rebuilt for the new one (in
+        a worker thread, the new version already serving) before this returns.
         """
         async with self._lock:
             version, generation, path = await asyncio.to_thread(self._read_pointer)
@@ -159,6 +214,7 @@ class ModelHolder:
                         version, generation, trigger, time.perf_counter() - started)
             if self._on_swap:
                 self._on_swap(current, new, trigger)
+            await asyncio.to_thread(self._rewarm, current, new)
             return True
 
     async def activate(self, version_id: str) -> tuple[ServedModel, int, str | None]:
@@ -166,6 +222,7 @@ class ModelHolder:
 
         The version is loaded before the pointer moves, so a version that cannot be loaded is
         refused (its error propagates) and nothing changes anywhere.
+        Like :meth:`sync`, it returns once the old version's most used heads are rebuilt.
 
         Returns:
             (the served model, the pointer's new generation, the version served before).
@@ -191,6 +248,7 @@ class ModelHolder:
                 self.last_error = None
                 if self._on_swap:
                     self._on_swap(current, new, "api")
+                await asyncio.to_thread(self._rewarm, current, new)
             return new, generation, (current.version if current else None)
 
     async def reconcile_forever(self, interval_s: float) -> None:

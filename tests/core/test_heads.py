@@ -17,6 +17,6 @@ def test_a_head_built_in_chunks_equals_one_built_at_once_and_can_be_abandoned(ti
         checks.append(1)
         return len(checks) > 2
 
-    with pytest.raises(WorkAbandoned, match="after 6 of 10 classes"):
+    with pytest.raises(WorkAbandoned, match="after 12 of 20 prompts"):
         build_head(tiny.model, tiny.tokenizer, names, templates, chunk_texts=6,
                    should_stop=stop_after_two_chunks)

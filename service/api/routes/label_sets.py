@@ -37,10 +37,12 @@ def get_one(name: Name, session: SessionDep) -> LabelSetOut:
 @router.put("/{name}", response_model=LabelSetOut, dependencies=[Depends(require_admin)],
             summary="Create or replace a label set",
             description="Refused (422) unless classify would accept the labels and templates: "
-                        "a stored set is always usable.")
+                        "a stored set is always usable. The served model's head for the set is "
+                        "built before it is stored, so its first classify finds it cached.")
 def put_one(name: Name, body: LabelSetIn, session: SessionDep, services: ServicesDep) -> LabelSetOut:
     classnames, templates = check_label_set(body.classnames, body.templates,
                                             services.classifier.limits)
+    services.holder.warm_head(classnames, templates)  # fails before anything is stored
     return _out(label_sets.put_label_set(session, name, classnames, templates, body.source))
 
 
