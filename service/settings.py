@@ -66,9 +66,9 @@ class Settings(BaseSettings):
     reference_dir: Path | None = Field(None, description="a folder of unlabelled images to "
                                        "distil on; overrides reference_images")
     reference_images: Literal["task", "photos", "both"] = Field(
-        "task", description="without reference_dir: distil on the train images of the job's "
-        "dataset and the learned ones ('task'), crops of the photos scikit-image ships "
-        "('photos'), or both")
+        "photos", description="without reference_dir: distil on crops of the photos "
+        "scikit-image ships ('photos', chosen by `zscl bench updates`, see docs), on the train "
+        "images of the job's dataset and the learned ones ('task'), or on both")
     job_soft_time_limit_s: int = Field(6 * 3600, gt=0)
     job_hard_time_limit_s: int = Field(6 * 3600 + 300, gt=0)
     job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="a running job without a "

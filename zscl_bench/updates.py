@@ -25,6 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from service.settings import Settings
 from zscl_core import read_manifest
 
 from .tasks import LoadOptions, Task, load_task
@@ -34,6 +35,8 @@ __all__ = ["UpdatesBenchConfig", "TOUR_HPARAMS", "write_archive", "run_updates",
 
 logger = logging.getLogger(__name__)
 
+# The worker's default, so that the benchmark runs what a user's job runs unless told otherwise.
+DEFAULT_REFERENCE_IMAGES: str = Settings.model_fields["reference_images"].default
 # The README tour's job: what a user types; everything else is UpdateConfig's default.
 TOUR_HPARAMS: dict = {"steps": 200, "batch_size": 16}
 
@@ -56,7 +59,7 @@ class UpdatesBenchConfig:
     tasks: tuple[str, ...] = ("fashion_mnist", "mnist", "textile")
     suite: str = "cifar10"
     methods: tuple[str, ...] = ("zscl", "continual_ft")
-    reference_images: tuple[str, ...] = ("task",)
+    reference_images: tuple[str, ...] = (DEFAULT_REFERENCE_IMAGES,)
     train_per_class: int = 80
     test_per_class: int = 30
     suite_per_class: int = 50
@@ -121,7 +124,6 @@ def run_arm(method: str, reference_images: str, config: UpdatesBenchConfig, star
     """Learn every task in order with one method, through the worker pipeline; one row per job."""
     from service import db, jobs, registry
     from service.datasets import add_dataset
-    from service.settings import Settings
     from service.updates import job_settings
     from worker.pipeline import JobRunner
 

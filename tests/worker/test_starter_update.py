@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from zscl_bench.tasks import LoadOptions, default_shared_data
-from zscl_bench.updates import UpdatesBenchConfig, run_updates
+from zscl_bench.updates import DEFAULT_REFERENCE_IMAGES, UpdatesBenchConfig, run_updates
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_TAR = default_shared_data() / "cifar10-subset.tar"
@@ -32,13 +32,12 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_short_zscl_job_on_the_starter_learns_fashion_and_keeps_cifar10(starter_dir, tmp_path):
-    config = UpdatesBenchConfig(tasks=("fashion_mnist",), methods=("zscl",),
-                                reference_images=("task",), train_per_class=40,
+    config = UpdatesBenchConfig(tasks=("fashion_mnist",), methods=("zscl",), train_per_class=40,
                                 test_per_class=30, suite_per_class=30,
                                 hparams={"steps": 60, "batch_size": 16})
     record = run_updates(config, starter_dir, tmp_path / "out",
                          LoadOptions(cache_dir=tmp_path / "cache", shared_data=CIFAR_TAR.parent))
-    (job,) = record["arms"]["zscl/task"]
+    (job,) = record["arms"][f"zscl/{DEFAULT_REFERENCE_IMAGES}"]  # the worker's default
     rows = {r["kind"]: r for r in job["report"]["rows"]}
     print({k: (round(r["before"], 1), round(r["after"], 1), round(r["margin"], 1))
            for k, r in rows.items()}, job["metrics"].get("s_per_step"))
