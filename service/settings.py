@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     max_batch_images: int = Field(64, gt=0)
     max_templates: int = Field(64, gt=0)
     max_prompts: int = Field(1024, gt=0, description="labels x templates one classify request "
-                             "may ask to encode: the work a head-cache miss can cost (about 10 s "
+                             "may ask to encode: the work a head-cache miss can cost (about 4.5 s "
                              "on 2 CPU cores with the starter)")
 
     # micro-batching and inference

@@ -172,3 +172,39 @@ COLOUR_LABELS = "red,green,blue,yellow"
 def classify_files(client, *images: tuple[str, bytes], labels: str = COLOUR_LABELS, headers=None, **data):
     files = [("images", (name, data_, "image/png")) for name, data_ in images]
     return client.post("/v1/classify", files=files, data={"labels": labels, **data}, headers=headers or {})
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def live_url(data_dir):
+    """A real uvicorn server of the app on a free port, in a thread, ready (model loaded)."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(make_settings(data_dir)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the app did not become ready in 30 s")
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)

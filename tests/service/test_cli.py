@@ -1,35 +1,7 @@
-import threading
-import time
-
-import httpx
 import pytest
-import uvicorn
 
 from service import cli
-from service.app import create_app
-from tests.service.conftest import ADMIN_KEY, make_settings, png_bytes
-from tests.service.test_distributed import free_port
-
-
-@pytest.fixture()
-def live_url(data_dir):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(make_settings(data_dir)), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+from tests.service.conftest import ADMIN_KEY, free_port, png_bytes
 
 
 def test_subcommands_are_registered():
