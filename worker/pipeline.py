@@ -107,6 +107,7 @@ class JobPlan:
     teacher_version: str
     base: LoadedModel
     initial: torch.nn.Module
+    references: tuple[UnlabelledImages, UnlabelledImages] | None = None  # see reference_images
 
 
 class JobRunner:
@@ -250,8 +251,13 @@ class JobRunner:
 
         From ``settings.reference_dir`` when set; otherwise by ``settings.reference_images``:
         the train images of the job's dataset and the learned ones ("task"), crops of the photos
-        scikit-image ships ("photos"), or both.
+        scikit-image ships ("photos"), or both. Listed once per job (kept on the plan).
         """
+        if plan.references is None:
+            plan.references = self._list_references(plan)
+        return plan.references
+
+    def _list_references(self, plan: JobPlan) -> tuple[UnlabelledImages, UnlabelledImages]:
         settings = self.settings
         if settings.reference_dir:
             items: list = list_images(settings.reference_dir)
