@@ -111,7 +111,8 @@ def add_dataset(subparsers) -> None:
 
 # -- job -------------------------------------------------------------------------------------
 
-def _parse_values(pairs: list[str]) -> dict:
+def parse_values(pairs: list[str]) -> dict:
+    """`--set KEY=VALUE` pairs: each value read as JSON (6, 1e-5, true, "x"), else as a string."""
     values = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -126,8 +127,8 @@ def _parse_values(pairs: list[str]) -> dict:
 
 def cmd_job_create(args) -> int:
     cli = _cli()
-    body = {"dataset_id": args.dataset, "method": args.method, "hparams": _parse_values(args.set),
-            "gate": _parse_values(args.gate), "idempotency_key": args.idempotency_key}
+    body = {"dataset_id": args.dataset, "method": args.method, "hparams": parse_values(args.set),
+            "gate": parse_values(args.gate), "idempotency_key": args.idempotency_key}
     job = cli._request("POST", f"{cli._base_url(args)}/v1/jobs", json=body,
                        headers=cli._admin_headers(args)).json()
     print(f"job {job['id']} {job['state']} ({job['method']}, {job['total_steps']} steps)")

@@ -139,10 +139,9 @@ def _run_updates(args: argparse.Namespace) -> int:
         sys.stdout.write(summary_table(record) + "\n\n" + updates_table(record) + "\n")
         return 0
 
-    hparams = dict(TOUR_HPARAMS)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        hparams[key] = json.loads(value) if value[:1] in "-0123456789[{tfn" else value
+    from service.cli_jobs import parse_values  # what `zscl job create --set` reads
+
+    hparams = {**TOUR_HPARAMS, **parse_values(args.set)}
     config = UpdatesBenchConfig(
         tasks=tuple(args.tasks or UpdatesBenchConfig().tasks), suite=args.suite,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),

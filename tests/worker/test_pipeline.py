@@ -8,6 +8,10 @@ from worker import pipeline
 from worker.pipeline import JobRunner
 from zscl_core import list_versions
 
+# short jobs behind an open gate, for tests about what gets measured, not the verdict
+SHORT = {**FAST_HPARAMS, "steps": 4, "warmup_steps": 1, "ensemble_every": 2}
+OPEN_GATE = {"min_new_task_gain": -100.0, "max_mean_drop": 100.0, "max_dataset_drop": 100.0}
+
 
 def _job(sessions, dataset_id, method="zscl", hparams=FAST_HPARAMS, gate=None):
     with sessions() as session:
@@ -59,11 +63,8 @@ def test_later_jobs_reuse_served_scores_and_teacher_text_features(job_env, tmp_p
         return real_correct(base, model, evaluation)
 
     runner._correct = counting_correct
-    # Short jobs behind an open gate: this test is about what gets measured, not the verdict.
-    wide_open = {"min_new_task_gain": -100.0, "max_mean_drop": 100.0, "max_dataset_drop": 100.0}
-    short = {**FAST_HPARAMS, "steps": 4, "warmup_steps": 1, "ensemble_every": 2}
-    first = _job(sessions, stripes.id, hparams=short, gate=wide_open)
-    second = _job(sessions, more.id, hparams=short, gate=wide_open)
+    first = _job(sessions, stripes.id, hparams=SHORT, gate=OPEN_GATE)
+    second = _job(sessions, more.id, hparams=SHORT, gate=OPEN_GATE)
     assert runner.run(first) == "succeeded"
     assert sorted(served_evals) == ["colours", "stripes"]
     served_evals.clear()
@@ -100,8 +101,8 @@ def test_job_that_drops_a_suite_is_rejected_and_nothing_is_written(job_env, tmp_
 def test_candidate_from_a_version_no_longer_served_is_not_promoted(job_env, tmp_path):
     settings, sessions, served = job_env
     stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
-    lenient = {"min_new_task_gain": -100, "max_mean_drop": 100, "max_dataset_drop": 100}
-    job_id = _job(sessions, stripes.id, hparams={**FAST_HPARAMS, "steps": 4, "warmup_steps": 1}, gate=lenient)
+    job_id = _job(sessions, stripes.id, hparams={**FAST_HPARAMS, "steps": 4, "warmup_steps": 1},
+                  gate=OPEN_GATE)
     runner = JobRunner(settings, sessions)
     original = runner._decide
 
@@ -148,9 +149,6 @@ def test_cancel_during_training_stops_within_bounded_steps(job_env, tmp_path):
         assert job.metrics["cancelled_at_step"] <= 3 + FAST_HPARAMS["cancel_check_every"]
         assert registry.get_serving(session)[0] == served
 
-
-SHORT = {**FAST_HPARAMS, "steps": 4, "warmup_steps": 1, "ensemble_every": 2}
-OPEN_GATE = {"min_new_task_gain": -100.0, "max_mean_drop": 100.0, "max_dataset_drop": 100.0}
 
 
 def _rows(sessions, job_id):
