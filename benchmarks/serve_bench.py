@@ -167,7 +167,7 @@ def start_server(data_dir: Path, version_dir: Path, port: int, threads: int, bat
            "ZSCL_PORT": str(port), "ZSCL_TORCH_THREADS": str(threads), "ZSCL_BATCH_MAX_SIZE": str(batch)}
     env.pop("ZSCL_REDIS_URL", None)
     env.pop("ZSCL_INFERENCE_KEY", None)
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--log-level", "warning"],
+    return subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
                             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.bootstrap import materialise_model
     from service.serving import load_served
-    from service.settings import Settings
+    from records.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="zscl-bench-") as tmp:
         tmp = Path(tmp)

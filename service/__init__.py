@@ -1,4 +1,4 @@
 """service: the FastAPI serving layer (zero-shot classification, model registry, hot-swap).
 
-Entry points: :func:`service.app.create_app` (the ASGI app) and :func:`service.cli.main` (`zscl`).
+Entry points: :func:`service.app.create_app` (the ASGI app) and :func:`zscl_cli.main.main` (`zscl`).
 """

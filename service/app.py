@@ -16,13 +16,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from zscl_core import ZSCLError
 
-from . import db
+from records import db
 from .api.errors import install_error_handlers
 from .api.main import api_router, health_router
 from .api.middleware import ServiceMiddleware
 from .bootstrap import ensure_serving
 from .container import Services, build_services
-from .settings import Settings
+from records.settings import Settings
 
 __all__ = ["create_app"]
 
@@ -61,8 +61,8 @@ async def _start_serving(services: Services) -> None:
 
 async def _reap_forever(services: Services) -> None:
     """Fail jobs whose worker died (no heartbeat), so they never stay 'running' forever."""
-    from . import jobs
-    from .ingest import remove_stale_temp_dirs
+    from records import jobs
+    from records.ingest import remove_stale_temp_dirs
 
     settings = services.settings
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import QueueFull
+from records.errors import QueueFull
 from .serving import ServedModel
 
 __all__ = ["MicroBatcher", "Ranked"]

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from zscl_core import ModelLoadError, load_model, read_manifest, save_version
 
-from . import db, registry
-from .settings import Settings
+from records import db, registry
+from records.settings import Settings
 
 __all__ = ["ensure_serving", "materialise_model", "describe_served_model"]
 

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from zscl_core import DEFAULT_TEMPLATES, WorkAbandoned
 
 from .batching import MicroBatcher
-from .errors import ClientGone, InvalidRequest, PayloadTooLarge
-from .imaging import preprocess_images
-from .label_sets import get_label_set
+from records.errors import ClientGone, InvalidRequest, PayloadTooLarge
+from records.imaging import preprocess_images
+from records.label_sets import get_label_set
 from .schemas import check_labels, check_templates
 from .serving import ModelHolder
 

@@ -8,12 +8,12 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import db
+from records import db
 from .batching import MicroBatcher
 from .classify import Classifier, Limits
 from .metrics import Metrics
 from .serving import ModelHolder
-from .settings import Settings
+from records.settings import Settings
 
 __all__ = ["Services", "build_services"]
 
@@ -46,6 +46,6 @@ def build_services(settings: Settings) -> Services:
     limits = Limits(settings.max_labels, settings.max_batch_images, settings.max_image_pixels,
                     settings.max_templates, settings.max_prompts)
     classifier = Classifier(holder, batcher, sessions, limits)
-    from worker.celery_app import create_celery
+    from records.queue import create_celery
     return Services(settings, engine, sessions, metrics, holder, batcher, classifier,
                     create_celery(settings))

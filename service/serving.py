@@ -28,8 +28,8 @@ from torch import nn
 
 from zscl_core import DEFAULT_TEMPLATES, HeadCache, ZSCLError, build_head, load_version
 
-from . import registry
-from .errors import NotReady
+from records import registry
+from records.errors import NotReady
 
 __all__ = ["ServedModel", "load_served", "ModelHolder"]
 

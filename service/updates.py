@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from zscl_core import GatePolicy, UpdateConfig
 
-from . import jobs
-from .datasets import get_dataset
-from .errors import InvalidRequest, NotReady
+from records import jobs
+from records.datasets import get_dataset
+from records.errors import InvalidRequest, NotReady
 from .job_schemas import GateIn, HParamsIn, JobIn
-from .jobs_db import Job
-from .settings import Settings
+from records.tables import Job
+from records.settings import Settings
 
 __all__ = ["submit_job", "job_settings"]
 
@@ -81,7 +81,7 @@ def submit_job(sessions: sessionmaker[Session], settings: Settings, celery: Cele
                                        hparams=hparams, gate=body.gate,
                                        idempotency_key=idempotency_key)
     if created:
-        from worker.celery_app import QUEUE, TASK_RUN_JOB
+        from records.queue import QUEUE, TASK_RUN_JOB
 
         try:
             celery.send_task(TASK_RUN_JOB, args=[job.id], queue=QUEUE)

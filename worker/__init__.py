@@ -1,1 +1,1 @@
-"""Celery workers that run continual updates (``worker.celery_app``, ``worker.tasks``)."""
+"""Celery workers that run continual updates (``records.queue``, ``worker.tasks``)."""

@@ -3,8 +3,8 @@
 Settings are read from the environment here, once, as at every entry point.
 """
 
-from service.settings import Settings
+from records.settings import Settings
 
-from .celery_app import create_celery
+from records.queue import create_celery
 
 app = create_celery(Settings())

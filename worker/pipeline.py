@@ -2,7 +2,7 @@
 
 Called by the Celery task (``worker.tasks``), by the product-path benchmark
 (``zscl_bench.updates``) and by tests directly; it imports no queue code. Every state change goes
-through ``service.jobs`` so the API sees it at once; nothing reaches the version store or the
+through ``records.jobs`` so the API sees it at once; nothing reaches the version store or the
 serving pointer unless the gate passes.
 
 What the gate compares, for the model being served (before) and the candidate (after), on the
@@ -26,12 +26,12 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs, registry
-from service.db import ModelVersion
-from service.ingest import evaluation_images, load_dataset_dir
-from service.jobs_db import Dataset, Job
-from service.label_sets import put_label_set
-from service.settings import Settings
+from records import jobs, registry
+from records.tables import ModelVersion
+from records.ingest import evaluation_images, load_dataset_dir
+from records.tables import Dataset, Job
+from records.label_sets import put_label_set
+from records.settings import Settings
 from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, GateReport, LoadedModel, PairedScore,
                        ReferenceSet, UnlabelledImages, UpdateCancelled, UpdateConfig, UpdateResult,
                        build_head, correct, default_reference_texts, drift, encode_texts,

@@ -8,7 +8,7 @@ from functools import lru_cache
 from celery import current_app, shared_task
 from celery.signals import worker_process_init, worker_ready
 
-from .celery_app import TASK_RUN_JOB
+from records.queue import TASK_RUN_JOB
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def _runner():
     # Built lazily inside the worker's child process, after fork: torch, the database engine
     # and CUDA are never initialised in the parent.
-    from service import db
+    from records import db
     from worker.pipeline import JobRunner
 
     settings = current_app.conf.zscl_settings
@@ -38,7 +38,7 @@ def _threads(**_kwargs) -> None:
 @worker_ready.connect
 def _reap_on_start(**_kwargs) -> None:
     """Jobs left running by a worker that died are failed before new work starts."""
-    from service import db, jobs
+    from records import db, jobs
 
     settings = current_app.conf.zscl_settings
     engine = db.make_engine(settings.database_url)

@@ -139,7 +139,7 @@ def _run_updates(args: argparse.Namespace) -> int:
         sys.stdout.write(summary_table(record) + "\n\n" + updates_table(record) + "\n")
         return 0
 
-    from service.cli_jobs import parse_values  # what `zscl job create --set` reads
+    from zscl_cli.jobs import parse_values  # what `zscl job create --set` reads
 
     hparams = {**TOUR_HPARAMS, **parse_values(args.set)}
     config = UpdatesBenchConfig(

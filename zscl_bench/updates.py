@@ -1,7 +1,7 @@
 """``zscl bench updates``: a sequence of update jobs on the product path, method beside method.
 
 What a user's job runs, and nothing else: the datasets are written as zip archives and go through
-the service's ingestion (``service.datasets.add_dataset``), each job is a job record with a
+the service's ingestion (``records.datasets.add_dataset``), each job is a job record with a
 user's hyper-parameters (the README tour's ``steps=200, batch_size=16``, every other field at
 ``UpdateConfig``'s default) and the default gate, and it runs through the worker's
 ``JobRunner`` from the served version: the full model, every forward pass, no feature caching.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from service.settings import Settings
+from records.settings import Settings
 from zscl_core import read_manifest
 
 from .tasks import LoadOptions, Task, load_task
@@ -122,8 +122,8 @@ def run_arm(method: str, reference_images: str, config: UpdatesBenchConfig, star
             archives: list[tuple[str, Path]], suite: tuple[str, Path], root: Path,
             on_job: Callable[[dict], None] | None = None) -> list[dict]:
     """Learn every task in order with one method, through the worker pipeline; one row per job."""
-    from service import db, jobs, registry
-    from service.datasets import add_dataset
+    from records import db, jobs, registry
+    from records.datasets import add_dataset
     from service.updates import job_settings
     from worker.pipeline import JobRunner
 

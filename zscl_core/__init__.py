@@ -15,7 +15,8 @@ from .heads import DEFAULT_TEMPLATES, HeadCache, build_head, check_template, enc
 from .losses import feature_distillation, l2_weight_constraint, scaled_cosine_logits, soft_cross_entropy
 from .methods import METHODS, Method, get_method
 from .metrics import average_accuracy, last_accuracy, summarize, transfer
-from .models import LoadedModel, build_from_spec, load_model
+from .loading import load_model
+from .models import LoadedModel, build_from_spec
 from .reference import (ReferenceSet, default_reference_texts, images_from_folder,
                         texts_from_classnames, texts_from_file)
 from .train import StepInfo, UpdateResult, freeze_norm_stats_, run_update, trainable_parameters

@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import ModelLoadError
 
-__all__ = ["LoadedModel", "load_model", "build_from_spec", "resolve_package_path"]
+__all__ = ["LoadedModel", "build_from_spec", "load_named", "load_config_file", "resolve_package_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def _spec_of(model: nn.Module, model_cfg: dict[str, Any]) -> dict[str, Any]:
     return {"model_cfg": copy.deepcopy(model_cfg), "preprocess_cfg": preprocess_cfg}
 
 
-def _load_named(name: str, pretrained: str | None, device, cache_dir: str | None) -> LoadedModel:
+def load_named(name: str, pretrained: str | None, device, cache_dir: str | None) -> LoadedModel:
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
         raise ModelLoadError(f"unknown open_clip model '{name}'; choose one of "
@@ -191,7 +191,7 @@ def _load_named(name: str, pretrained: str | None, device, cache_dir: str | None
                        _spec_of(model, model_cfg))
 
 
-def _load_config_file(path: Path, pretrained: str | None, device) -> LoadedModel:
+def load_config_file(path: Path, pretrained: str | None, device) -> LoadedModel:
     try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -209,29 +209,3 @@ def _load_config_file(path: Path, pretrained: str | None, device) -> LoadedModel
             raise ModelLoadError(f"checkpoint {pretrained} does not fit config {path}: {exc}") from exc
         model.eval()
     return LoadedModel(model, pre_train, pre_val, tokenizer, _spec_of(model, spec["model_cfg"]))
-
-
-def load_model(source: str | Path, *, pretrained: str | None = None,
-               device: str | torch.device = "cpu", cache_dir: str | None = None) -> LoadedModel:
-    """Load a CLIP model from any supported source.
-
-    Args:
-        source: an open_clip model name (``"ViT-B-16"``), a path to a model config JSON, or a
-            directory holding a saved version.
-        pretrained: with a model name, a pretrained tag (``"openai"``) or a checkpoint path; with a
-            config JSON, an optional checkpoint path; ignored for saved versions.
-        device: where to put the model.
-        cache_dir: where open_clip caches downloads.
-
-    Raises:
-        ModelLoadError: the source cannot be found, built or loaded; the message says why.
-    """
-    path = Path(source)
-    if path.is_dir():
-        from .versions import load_version  # versions builds on this module
-        return load_version(path, device=device)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise ModelLoadError(f"model config {path} does not exist")
-        return _load_config_file(path, pretrained, device)
-    return _load_named(str(source), pretrained, device, cache_dir)

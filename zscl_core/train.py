@@ -223,99 +223,22 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
     """
     device = torch.device(device)
     method: Method = get_method(config.method)
-    if len(classnames) < 2:
-        raise DatasetError(f"a task needs at least 2 classes, got {len(classnames)}")
-    if len(task) == 0:
-        raise DatasetError("the task dataset is empty")
-    teacher = {"initial": initial, "previous": current, None: None}[method.teacher]
-    if method.teacher and teacher is None:
-        raise ConfigError(f"method {method.name} distils from the initial model: pass initial=")
-    if method.needs_reference and reference is None:
-        raise ConfigError(f"method {method.name} needs a reference set: pass reference=")
-
+    teacher_model = _teacher_for(method, classnames, task, current=current, initial=initial,
+                                 reference=reference)
     torch.manual_seed(config.seed)
     student = copy.deepcopy(current).to(device)
     student.train()
     if config.norm_stats == "frozen":
         logger.debug("norm_stats=frozen: %d normalisation layers kept in eval mode",
                      freeze_norm_stats_(student))
-    params = trainable_parameters(student, config.trainable)
     start_state = {k: v.detach().to(device).clone() for k, v in current.state_dict().items()}
-    anchor = ({k: p.detach().clone() for k, p in params.items()}
-              if method.weight_constraint and config.l2_weight > 0 else None)
-    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine_with_warmup(config.warmup, config.steps))
-
     prompts = tokenizer([template.format(c) for c in classnames]).to(device)
     task_batches = _cycle(_loader(task, config.batch_size, config.seed, num_workers))
-    teacher_texts = teacher_cache = ref_batches = None
-    if teacher is not None:
-        teacher.eval()
-        if method.distill_on == "reference":
-            teacher_texts = (reference.text_features.to(device)
-                             if reference.text_features is not None
-                             else encode_texts(teacher, tokenizer, reference.texts, device=device))
-            teacher_cache = _TeacherImageCache(teacher, len(reference.images), device)
-            ref_batches = _cycle(_loader(reference.images, config.reference_batch, config.seed + 1,
-                                         num_workers))
-        else:  # LwF: the task's own prompts, encoded once by the frozen previous model
-            with torch.no_grad():
-                teacher_texts = teacher.encode_text(prompts, normalize=True).float()
-    scale = student.logit_scale.exp().detach()
-    teacher_scale = teacher.logit_scale.exp().detach() if teacher is not None else None
-    use_bf16 = config.bf16 and device.type == "cuda"
-
-    average, snapshots = (start_state, 1) if method.weight_ensemble else (None, 0)
-    losses: dict[str, torch.Tensor] = {}
-    for step in range(1, config.steps + 1):
-        optimizer.zero_grad(set_to_none=True)
-        for _ in range(config.grad_accum):
-            images, labels = (t.to(device, non_blocking=True) for t in next(task_batches))
-            ref_images = ref_index = None
-            if ref_batches is not None:
-                ref_images, ref_index = (t.to(device, non_blocking=True) for t in next(ref_batches))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                both = images if ref_images is None else torch.cat([images, ref_images])
-                features = student.encode_image(both)
-                task_features = features[: len(images)]
-                class_text = student.encode_text(prompts)
-                logits = scaled_cosine_logits(task_features, class_text, scale)
-                losses = {"ce": F.cross_entropy(logits.float(), labels,
-                                                label_smoothing=config.label_smoothing)}
-                if teacher is not None:
-                    if ref_images is not None:
-                        student_feats = features[len(images):]
-                        teacher_feats = teacher_cache(ref_images, ref_index)
-                    else:
-                        student_feats = task_features
-                        with torch.no_grad():
-                            teacher_feats = teacher.encode_image(images).float()
-                    kd = feature_distillation(
-                        scaled_cosine_logits(student_feats.float(), teacher_texts, teacher_scale),
-                        scaled_cosine_logits(teacher_feats, teacher_texts, teacher_scale),
-                        config.temperature)
-                    losses["kd_image"] = config.kd_image_weight * kd["kd_image"]
-                    if method.text_side:
-                        losses["kd_text"] = config.kd_text_weight * kd["kd_text"]
-                total = sum(losses.values())
-            (total / config.grad_accum).backward()
-        if anchor is not None:
-            losses["l2"] = _add_weight_constraint_grad_(params, anchor, config.l2_weight)
-        if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        schedule.step()
-
-        if average is not None and (step % config.ensemble_every == 0 or step == config.steps):
-            average = running_mean(average, student.state_dict(), snapshots)
-            snapshots += 1
-        if on_step is not None:
-            on_step(StepInfo(step, config.steps, _floats(losses), lr))
-        if should_cancel is not None and step % config.cancel_check_every == 0 and should_cancel():
-            raise UpdateCancelled(step)
-
+    teacher = _Teacher.setup(teacher_model, method, reference, tokenizer, prompts,
+                             config=config, device=device, num_workers=num_workers)
+    average, snapshots, losses = _train(student, start_state, prompts, task_batches, teacher,
+                                        method=method, config=config, device=device,
+                                        on_step=on_step, should_cancel=should_cancel)
     final = student.state_dict()
     if average is not None:
         final = average
@@ -325,6 +248,128 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
         state_dict={k: v.detach().to("cpu") for k, v in final.items()},
         steps=config.steps, snapshots=snapshots,
         last_losses=_floats(losses))
+
+
+def _teacher_for(method: Method, classnames: list[str], task: Dataset, *, current: nn.Module,
+                 initial: nn.Module | None, reference: ReferenceSet | None) -> nn.Module | None:
+    """The frozen model the method distils from, once the inputs are checked."""
+    if len(classnames) < 2:
+        raise DatasetError(f"a task needs at least 2 classes, got {len(classnames)}")
+    if len(task) == 0:
+        raise DatasetError("the task dataset is empty")
+    teacher = {"initial": initial, "previous": current, None: None}[method.teacher]
+    if method.teacher and teacher is None:
+        raise ConfigError(f"method {method.name} distils from the initial model: pass initial=")
+    if method.needs_reference and reference is None:
+        raise ConfigError(f"method {method.name} needs a reference set: pass reference=")
+    return teacher
+
+
+@dataclass
+class _Teacher:
+    """What distillation needs from the frozen teacher, set up once per update: its text
+    embeddings (of the reference texts, or for LwF of the task's prompts), its logit scale, and
+    for reference-set methods the cached image features and the reference batches."""
+
+    model: nn.Module
+    texts: torch.Tensor
+    scale: torch.Tensor
+    cache: _TeacherImageCache | None = None
+    ref_batches: Iterator | None = None
+
+    @classmethod
+    def setup(cls, model: nn.Module | None, method: Method, reference: ReferenceSet | None,
+              tokenizer: Callable, prompts: torch.Tensor, *, config: UpdateConfig,
+              device: torch.device, num_workers: int) -> _Teacher | None:
+        if model is None:
+            return None
+        model.eval()
+        scale = model.logit_scale.exp().detach()
+        if method.distill_on != "reference":  # LwF: the task's own prompts, encoded once
+            with torch.no_grad():
+                return cls(model, model.encode_text(prompts, normalize=True).float(), scale)
+        texts = (reference.text_features.to(device) if reference.text_features is not None
+                 else encode_texts(model, tokenizer, reference.texts, device=device))
+        batches = _cycle(_loader(reference.images, config.reference_batch, config.seed + 1,
+                                 num_workers))
+        return cls(model, texts, scale, _TeacherImageCache(model, len(reference.images), device),
+                   batches)
+
+    def losses(self, student_feats: torch.Tensor, images: torch.Tensor,
+               ref: tuple[torch.Tensor, torch.Tensor] | None, *, method: Method,
+               config: UpdateConfig) -> dict[str, torch.Tensor]:
+        """The weighted distillation terms (Eq. 5-6) for one batch."""
+        if ref is not None:
+            teacher_feats = self.cache(*ref)
+        else:
+            with torch.no_grad():
+                teacher_feats = self.model.encode_image(images).float()
+        kd = feature_distillation(
+            scaled_cosine_logits(student_feats.float(), self.texts, self.scale),
+            scaled_cosine_logits(teacher_feats, self.texts, self.scale), config.temperature)
+        out = {"kd_image": config.kd_image_weight * kd["kd_image"]}
+        if method.text_side:
+            out["kd_text"] = config.kd_text_weight * kd["kd_text"]
+        return out
+
+
+def _train(student: nn.Module, start_state: dict[str, torch.Tensor], prompts: torch.Tensor,
+           task_batches: Iterator, teacher: _Teacher | None, *, method: Method,
+           config: UpdateConfig, device: torch.device,
+           on_step: Callable[[StepInfo], None] | None,
+           should_cancel: Callable[[], bool] | None):
+    """The optimizer loop; returns (weight average or None, snapshots, last losses)."""
+    params = trainable_parameters(student, config.trainable)
+    anchor = ({k: p.detach().clone() for k, p in params.items()}
+              if method.weight_constraint and config.l2_weight > 0 else None)
+    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _cosine_with_warmup(config.warmup, config.steps))
+    scale = student.logit_scale.exp().detach()
+    average, snapshots = (start_state, 1) if method.weight_ensemble else (None, 0)
+    losses: dict[str, torch.Tensor] = {}
+    for step in range(1, config.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(config.grad_accum):
+            losses = _batch_losses(student, prompts, scale, task_batches, teacher,
+                                   method=method, config=config, device=device)
+            (sum(losses.values()) / config.grad_accum).backward()
+        if anchor is not None:
+            losses["l2"] = _add_weight_constraint_grad_(params, anchor, config.l2_weight)
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        schedule.step()
+        if average is not None and (step % config.ensemble_every == 0 or step == config.steps):
+            average = running_mean(average, student.state_dict(), snapshots)
+            snapshots += 1
+        if on_step is not None:
+            on_step(StepInfo(step, config.steps, _floats(losses), lr))
+        if should_cancel is not None and step % config.cancel_check_every == 0 and should_cancel():
+            raise UpdateCancelled(step)
+    return average, snapshots, losses
+
+
+def _batch_losses(student: nn.Module, prompts: torch.Tensor, scale: torch.Tensor,
+                  task_batches: Iterator, teacher: _Teacher | None, *, method: Method,
+                  config: UpdateConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """The named loss terms of one micro-batch (task loss, then distillation)."""
+    images, labels = (t.to(device, non_blocking=True) for t in next(task_batches))
+    ref = None
+    if teacher is not None and teacher.ref_batches is not None:
+        ref = tuple(t.to(device, non_blocking=True) for t in next(teacher.ref_batches))
+    use_bf16 = config.bf16 and device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        features = student.encode_image(images if ref is None else torch.cat([images, ref[0]]))
+        task_features = features[: len(images)]
+        logits = scaled_cosine_logits(task_features, student.encode_text(prompts), scale)
+        losses = {"ce": F.cross_entropy(logits.float(), labels,
+                                        label_smoothing=config.label_smoothing)}
+        if teacher is not None:
+            student_feats = features[len(images):] if ref is not None else task_features
+            losses.update(teacher.losses(student_feats, images, ref, method=method, config=config))
+    return losses
 
 
 def _floats(losses: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from ..container import Services
-from ..errors import Forbidden, Unauthorized
+from records.errors import Forbidden, Unauthorized
 
 __all__ = ["ServicesDep", "SessionDep", "require_admin", "require_inference", "READ_ACCESS",
            "API_KEY_HEADER"]

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from zscl_core import ConfigError, DatasetError, ModelLoadError, ZSCLError
 
-from ..errors import ServiceError
-from ..ingest import DatasetTooLarge, UnsupportedUpload
+from records.errors import ServiceError
+from records.ingest import DatasetTooLarge, UnsupportedUpload
 
 __all__ = ["install_error_handlers", "error_response"]
 

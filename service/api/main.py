@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from .routes import classify, datasets, health, jobs, label_sets, models
+from .routes import classify, datasets, health, jobs, label_sets, models, ui
 
 api_router = APIRouter()
 api_router.include_router(classify.router)
@@ -10,5 +10,6 @@ api_router.include_router(label_sets.router)
 api_router.include_router(models.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
+api_router.include_router(ui.router)  # the dashboard at /ui/
 
 health_router = health.router

@@ -11,7 +11,7 @@ import time
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import PayloadTooLarge
+from records.errors import PayloadTooLarge
 from ..metrics import Metrics
 from ..serving import ModelHolder
 from .errors import error_response
@@ -33,7 +33,7 @@ class ServiceMiddleware:
         self.holder = holder
         self.metrics = metrics
         self.max_body = max_body_bytes
-        # dataset uploads have their own, larger limits (service.ingest): only these are capped
+        # dataset uploads have their own, larger limits (records.ingest): only these are capped
         self.limited_prefixes = limited_prefixes
 
     def _too_large(self) -> PayloadTooLarge:

@@ -74,7 +74,7 @@ class Stack:
 
     def _spawn(self, args: list[str], name: str, extra_env: dict[str, str] | None = None):
         log = (self.logs / f"{name}.log").open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "-m", "zscl_cli", *args], cwd=REPO,
                                 env={**self.env, **(extra_env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.settings import Settings
+from records.settings import Settings
 from tests.synthetic import write_tiny_config
 from zscl_core import load_model, save_version
 

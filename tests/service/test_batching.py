@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from service.batching import MicroBatcher
-from service.errors import QueueFull
-from service.imaging import preprocess_images
+from records.errors import QueueFull
+from records.imaging import preprocess_images
 from service.serving import load_served
 from tests.service.conftest import png_bytes
 

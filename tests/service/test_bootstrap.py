@@ -3,11 +3,11 @@ import time
 
 from fastapi.testclient import TestClient
 
-from service import registry
+from records import registry
 from service.app import create_app
 from service.bootstrap import describe_served_model, ensure_serving
-from service.db import create_all, make_engine, make_session_factory
-from service.settings import Settings
+from records.db import create_all, make_engine, make_session_factory
+from records.settings import Settings
 from tests.synthetic import write_tiny_config
 from zscl_core import load_model, save_version
 

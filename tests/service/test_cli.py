@@ -1,6 +1,6 @@
 import pytest
 
-from service import cli
+from zscl_cli import main as cli
 from tests.service.conftest import ADMIN_KEY, free_port, png_bytes
 
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis
 
-from service import registry
-from service.db import create_all, make_engine, make_session_factory
+from records import registry
+from records.db import create_all, make_engine, make_session_factory
 from tests.service.conftest import ADMIN_KEY
 
 # never skipped in CI (.ci/run installs redis-server); elsewhere, skipped without it
@@ -91,7 +91,7 @@ def start_api(data_dir: Path, port: int, redis_url: str, reconcile_s: float, log
     env = {**os.environ, "ZSCL_DATA_DIR": str(data_dir), "ZSCL_MODEL": str(data_dir / "versions" / "v-colour"),
            "ZSCL_REDIS_URL": redis_url, "ZSCL_ADMIN_KEY": ADMIN_KEY, "ZSCL_PORT": str(port),
            "ZSCL_RECONCILE_INTERVAL_S": str(reconcile_s), "ZSCL_TORCH_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--log-level", "warning"],
+    return subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
                             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

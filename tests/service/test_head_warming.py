@@ -2,7 +2,7 @@
 
 import time
 
-from service import registry
+from records import registry
 from tests.service.conftest import ADMIN_KEY, COLOUR_LABELS, classify_files, png_bytes
 from zscl_core import DEFAULT_TEMPLATES, HeadCache
 

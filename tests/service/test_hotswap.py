@@ -5,7 +5,7 @@ import collections
 
 import httpx
 
-from service import registry
+from records import registry
 from service.app import create_app
 from tests.service.conftest import ADMIN_KEY, COLOUR_LABELS, make_settings, png_bytes
 

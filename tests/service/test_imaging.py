@@ -3,8 +3,8 @@ import io
 import pytest
 from PIL import Image
 
-from service.errors import InvalidImage, PayloadTooLarge
-from service.imaging import decode_image, preprocess_images
+from records.errors import InvalidImage, PayloadTooLarge
+from records.imaging import decode_image, preprocess_images
 from tests.service.conftest import png_bytes
 from tests.service.test_ingest import huge_png
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.ingest import (DatasetTooLarge, IngestLimits, UnsafeArchive, UnsupportedUpload,
+from records.ingest import (DatasetTooLarge, IngestLimits, UnsafeArchive, UnsupportedUpload,
                             delete_dataset, evaluation_images, ingest_dataset, load_dataset_dir,
                             read_dataset, remove_stale_temp_dirs)
 from tests.synthetic import colour_task, stripe_task

@@ -10,8 +10,8 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from service import db, jobs, registry
-from service.jobs_db import Dataset
+from records import db, jobs, registry
+from records.tables import Dataset
 
 ADMIN_URL = os.environ.get("ZSCL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

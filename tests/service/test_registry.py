@@ -1,8 +1,8 @@
 import pytest
 
-from service import registry
-from service.db import create_all, make_engine, make_session_factory
-from service.errors import UnknownVersion
+from records import registry
+from records.db import create_all, make_engine, make_session_factory
+from records.errors import UnknownVersion
 
 
 @pytest.fixture()

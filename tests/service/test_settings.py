@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from records.settings import Settings
 
 
 def test_defaults_are_embedded_under_data_dir(tmp_path):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service import db, registry
-from service.datasets import add_dataset
-from service.settings import Settings
+from records import db, registry
+from records.datasets import add_dataset
+from records.settings import Settings
 from tests.synthetic import colour_task, reference_images, stripe_task
 from zscl_core import save_version
 

@@ -1,8 +1,8 @@
 """The update pipeline in-process (no broker): train, evaluate, gate, promote or not."""
 
 
-from service import jobs, registry
-from service.label_sets import get_label_set
+from records import jobs, registry
+from records.label_sets import get_label_set
 from tests.worker.conftest import FAST_HPARAMS, colours_zip, stripes_zip, upload
 from worker import pipeline
 from worker.pipeline import JobRunner

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ...classify import Classification
-from ...errors import InvalidRequest, ServiceError
+from records.errors import InvalidRequest, ServiceError
 from ...schemas import ClassifyJSON, ClassifyResponse, ImageIn, ImagePrediction, LabelScore
 from .. import API_V1
 from ..deps import ServicesDep, require_inference

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from ... import datasets
-from ...errors import PayloadTooLarge
+from records import datasets
+from records.errors import PayloadTooLarge
 from ...job_schemas import DatasetOut, SuiteIn
 from .. import API_V1
 from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin

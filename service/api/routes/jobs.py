@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import StreamingResponse
 from starlette.responses import JSONResponse
 
-from ... import jobs
+from records import jobs
 from ...job_schemas import JobEventOut, JobEventsOut, JobIn, JobOut
-from ...jobs_db import TERMINAL_STATES
+from records.tables import TERMINAL_STATES
 from ...updates import submit_job
 from .. import API_V1
 from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin

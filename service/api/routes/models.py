@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from ... import registry
-from ...db import ModelVersion
+from records import registry
+from records.tables import ModelVersion
 from ...schemas import ActivateOut, ModelOut, ModelsOut
 from .. import API_V1
 from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin

@@ -191,7 +191,7 @@ def test_head_work_for_a_disconnected_client_is_abandoned_between_chunks(data_di
 
     import pytest
 
-    from service.errors import ClientGone
+    from records.errors import ClientGone
 
     labels = [f"label {i}" for i in range(1000)]  # 8 default templates: 16 chunks of 512 prompts
     with running_client(make_settings(data_dir, max_prompts=10_000)) as client:

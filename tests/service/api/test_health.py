@@ -4,8 +4,8 @@ import time
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service import registry
-from service.db import create_all, make_engine, make_session_factory
+from records import registry
+from records.db import create_all, make_engine, make_session_factory
 from tests.service.conftest import classify_files, make_settings, png_bytes, wait_ready
 
 

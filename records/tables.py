@@ -1,4 +1,5 @@
-"""Durable records of continual updates: datasets, jobs and job events (tables on ``db.Base``).
+"""The database tables: the model registry, label sets, and the durable records of continual
+updates (datasets, jobs, job events).
 
 The Celery result backend is never the source of truth: the API answers from these rows, and the
 worker writes them as the job moves through its states.
@@ -6,15 +7,62 @@ worker writes them as the job moves through its states.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .db import Base, utcnow
+__all__ = ["Base", "ModelVersion", "LabelSet", "ServingPointer", "Dataset", "Job", "JobEvent",
+           "JOB_STATES", "TERMINAL_STATES", "utcnow"]
 
-__all__ = ["Dataset", "Job", "JobEvent", "JOB_STATES", "TERMINAL_STATES"]
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class ModelVersion(Base):
+    """A saved version directory known to the registry (weights live on disk, not here)."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    parent: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    path: Mapped[str] = mapped_column(String(1024))
+    source: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    method: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LabelSet(Base):
+    """Named class names + prompt templates, used by name in classify requests."""
+
+    __tablename__ = "label_sets"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    classnames: Mapped[list[str]] = mapped_column(JSON)
+    templates: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    source: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+
+
+class ServingPointer(Base):
+    """The one row saying which version is served; ``generation`` grows on every activation."""
+
+    __tablename__ = "serving_pointer"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
+    version_id: Mapped[str] = mapped_column(String(128), ForeignKey("model_versions.id"))
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
 
 JOB_STATES = ("queued", "running", "evaluating", "succeeded", "rejected", "failed", "cancelling",
               "cancelled")

@@ -1,4 +1,4 @@
-"""Dataset records: ingest an uploaded archive (``service.ingest``) and keep its row.
+"""Dataset records: ingest an uploaded archive (``records.ingest``) and keep its row.
 
 All or nothing: the files are published by ``ingest_dataset`` with one rename, and the row is
 written after; if the row cannot be written, freshly published files are removed again.
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, NotFound
 from .ingest import delete_dataset, ingest_dataset
-from .jobs_db import Dataset, Job
+from .tables import Dataset, Job
 from .settings import Settings
 
 __all__ = ["add_dataset", "get_dataset", "list_datasets", "set_suite", "delete", "dataset_out"]
@@ -87,7 +87,7 @@ def delete(session: Session, settings: Settings, dataset_id: str) -> None:
 
 def dataset_out(row: Dataset) -> dict[str, Any]:
     # a suite is never trained on, so every gate evaluates all of its images
-    # (service.ingest.evaluation_images); any other dataset only its test split
+    # (records.ingest.evaluation_images); any other dataset only its test split
     n_eval = row.n_train + row.n_test if row.is_suite else row.n_test
     return {"id": row.id, "name": row.name, "sha256": row.sha256, "classnames": row.classnames,
             "n_train": row.n_train, "n_test": row.n_test, "n_eval": n_eval, "split": row.split,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.settings import Settings
+from records.settings import Settings
 
 __all__ = ["create_celery", "TASK_RUN_JOB", "QUEUE"]
 

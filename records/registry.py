@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from zscl_core import list_versions as list_saved_versions
 
-from .db import ModelVersion, ServingPointer, utcnow
+from .tables import ModelVersion, ServingPointer, utcnow
 from .errors import UnknownVersion
 
 __all__ = ["CHANNEL", "UNCONDITIONAL", "register_version", "get_version", "list_registered",

@@ -1,6 +1,6 @@
 """``zscl`` subcommands for continual updates: worker, dataset upload/list, job create/watch/cancel.
 
-Registered in :data:`service.cli.COMMANDS`; they reuse its HTTP helpers.
+Registered in :data:`zscl_cli.main.COMMANDS`; HTTP through :mod:`zscl_cli.http`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import http
+
 __all__ = ["add_worker", "add_dataset", "add_job", "embedded_worker"]
 
 _TERMINAL = {"succeeded", "rejected", "failed", "cancelled"}
@@ -19,16 +21,11 @@ _CONTENT_TYPES = {".zip": "application/zip", ".tar": "application/x-tar",
                   ".gz": "application/gzip", ".tgz": "application/gzip"}
 
 
-def _cli():
-    from . import cli
-    return cli
-
-
 # -- worker ----------------------------------------------------------------------------------
 
 def cmd_worker(args) -> int:
     from worker.app import app
-    from worker.celery_app import QUEUE
+    from records.queue import QUEUE
 
     argv = ["worker", f"--loglevel={args.log_level}", "--concurrency", "1", "--pool", args.pool,
             "--queues", QUEUE, "--without-gossip", "--without-mingle"]
@@ -53,7 +50,7 @@ def embedded_worker(settings):
     if settings.distributed or not settings.start_worker:
         yield None
         return
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--log-level", "WARNING"])
+    proc = subprocess.Popen([sys.executable, "-m", "zscl_cli", "worker", "--log-level", "WARNING"])
     print(f"  worker: pid {proc.pid} (embedded broker {settings.broker_url})", flush=True)
     try:
         yield proc
@@ -69,14 +66,13 @@ def embedded_worker(settings):
 # -- dataset ---------------------------------------------------------------------------------
 
 def cmd_dataset_upload(args) -> int:
-    cli = _cli()
     path = Path(args.archive)
     content_type = _CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
     params = {"name": args.name or path.name.split(".")[0], "suite": str(args.suite).lower(),
               "test_fraction": args.test_fraction, "seed": args.seed}
     with path.open("rb") as fh:
-        body = cli._request("POST", f"{cli._base_url(args)}/v1/datasets", content=fh,
-                            params=params, headers={**cli._admin_headers(args),
+        body = http.request("POST", f"{http.base_url(args)}/v1/datasets", content=fh,
+                            params=params, headers={**http.admin_headers(args),
                                                     "Content-Type": content_type}).json()
     print(f"dataset {body['id']} '{body['name']}': {len(body['classnames'])} classes, "
           f"{body['n_train']} train / {body['n_test']} test ({body['split']} split)"
@@ -85,15 +81,13 @@ def cmd_dataset_upload(args) -> int:
 
 
 def cmd_dataset_list(args) -> int:
-    cli = _cli()
-    for d in cli._request("GET", f"{cli._base_url(args)}/v1/datasets").json():
+    for d in http.request("GET", f"{http.base_url(args)}/v1/datasets").json():
         print(f"{d['id']}  {d['name']:<20} classes={len(d['classnames'])} train={d['n_train']} "
               f"test={d['n_test']} eval={d['n_eval']}{'  [suite]' if d['is_suite'] else ''}")
     return 0
 
 
 def add_dataset(subparsers) -> None:
-    cli = _cli()
     p = subparsers.add_parser("dataset", help="upload or list labelled datasets")
     sub = p.add_subparsers(dest="dataset_command", required=True)
     up = sub.add_parser("upload", help="upload a zip/tar of <class>/<image> (admin key)")
@@ -102,10 +96,10 @@ def add_dataset(subparsers) -> None:
     up.add_argument("--suite", action="store_true", help="register as a zero-shot evaluation suite")
     up.add_argument("--test-fraction", type=float, default=0.2)
     up.add_argument("--seed", type=int, default=0)
-    cli._client_args(up)
+    http.client_args(up)
     up.set_defaults(func=cmd_dataset_upload)
     ls = sub.add_parser("list")
-    cli._client_args(ls)
+    http.client_args(ls)
     ls.set_defaults(func=cmd_dataset_list)
 
 
@@ -126,11 +120,10 @@ def parse_values(pairs: list[str]) -> dict:
 
 
 def cmd_job_create(args) -> int:
-    cli = _cli()
     body = {"dataset_id": args.dataset, "method": args.method, "hparams": parse_values(args.set),
             "gate": parse_values(args.gate), "idempotency_key": args.idempotency_key}
-    job = cli._request("POST", f"{cli._base_url(args)}/v1/jobs", json=body,
-                       headers=cli._admin_headers(args)).json()
+    job = http.request("POST", f"{http.base_url(args)}/v1/jobs", json=body,
+                       headers=http.admin_headers(args)).json()
     print(f"job {job['id']} {job['state']} ({job['method']}, {job['total_steps']} steps)")
     if args.watch:
         args.job = job["id"]
@@ -141,9 +134,8 @@ def cmd_job_create(args) -> int:
 def cmd_job_watch(args) -> int:
     from tqdm import tqdm
 
-    cli = _cli()
-    url = f"{cli._base_url(args)}/v1/jobs/{args.job}"
-    job = cli._request("GET", url).json()
+    url = f"{http.base_url(args)}/v1/jobs/{args.job}"
+    job = http.request("GET", url).json()
     with tqdm(total=max(job["total_steps"], 1), unit="step", dynamic_ncols=True) as bar:
         while True:
             bar.total = max(job["total_steps"], 1)
@@ -155,7 +147,7 @@ def cmd_job_watch(args) -> int:
             if job["state"] in _TERMINAL:
                 break
             time.sleep(args.interval)
-            job = cli._request("GET", url).json()
+            job = http.request("GET", url).json()
     print(f"job {job['id']}: {job['state']}")
     report = job.get("report") or {}
     for row in report.get("rows", []):
@@ -172,15 +164,13 @@ def cmd_job_watch(args) -> int:
 
 
 def cmd_job_cancel(args) -> int:
-    cli = _cli()
-    job = cli._request("POST", f"{cli._base_url(args)}/v1/jobs/{args.job}/cancel",
-                       headers=cli._admin_headers(args)).json()
+    job = http.request("POST", f"{http.base_url(args)}/v1/jobs/{args.job}/cancel",
+                       headers=http.admin_headers(args)).json()
     print(f"job {job['id']}: {job['state']}")
     return 0
 
 
 def add_job(subparsers) -> None:
-    cli = _cli()
     p = subparsers.add_parser("job", help="create, watch or cancel update jobs")
     sub = p.add_subparsers(dest="job_command", required=True)
     create = sub.add_parser("create", help="start an update on a dataset (admin key)")
@@ -193,14 +183,14 @@ def add_job(subparsers) -> None:
     create.add_argument("--idempotency-key")
     create.add_argument("--watch", action="store_true", help="then show a live progress bar")
     create.add_argument("--interval", type=float, default=1.0)
-    cli._client_args(create)
+    http.client_args(create)
     create.set_defaults(func=cmd_job_create)
     watch = sub.add_parser("watch", help="live progress bar until the job ends")
     watch.add_argument("job")
     watch.add_argument("--interval", type=float, default=1.0)
-    cli._client_args(watch)
+    http.client_args(watch)
     watch.set_defaults(func=cmd_job_watch)
     cancel = sub.add_parser("cancel")
     cancel.add_argument("job")
-    cli._client_args(cancel)
+    http.client_args(cancel)
     cancel.set_defaults(func=cmd_job_cancel)

@@ -9,53 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .cli_jobs import add_dataset, add_job, add_worker, embedded_worker
+from .http import admin_headers, base_url, client_args, load_settings, request
+from .jobs import add_dataset, add_job, add_worker, embedded_worker
 
 __all__ = ["main", "COMMANDS"]
 
 logger = logging.getLogger("zscl")
-
-
-def _settings():
-    from .settings import Settings
-    return Settings()
-
-
-def _base_url(args) -> str:
-    if args.url:
-        return args.url.rstrip("/")
-    settings = _settings()
-    return f"http://{settings.host}:{settings.port}"
-
-
-def _admin_headers(args) -> dict[str, str]:
-    key = args.key or os.environ.get("ZSCL_ADMIN_KEY")
-    return {"X-API-Key": key} if key else {}
-
-
-def _request(method: str, url: str, **kwargs):
-    import httpx
-    try:
-        response = httpx.request(method, url, timeout=120, **kwargs)
-    except httpx.ConnectError:
-        sys.exit(f"no zscl server answers at {url}; start one with `zscl serve` or pass --url")
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail")
-        except ValueError:
-            detail = response.text
-        sys.exit(f"HTTP {response.status_code}: {detail}")
-    return response
-
-
-def _client_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="server URL (default http://ZSCL_HOST:ZSCL_PORT)")
-    parser.add_argument("--key", help="API key (default $ZSCL_ADMIN_KEY)")
 
 
 # -- serve -----------------------------------------------------------------------------------
@@ -63,9 +26,9 @@ def _client_args(parser: argparse.ArgumentParser) -> None:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .bootstrap import describe_served_model
-    settings = _settings()
+    from service.app import create_app
+    from service.bootstrap import describe_served_model
+    settings = load_settings()
     if args.host:
         settings.host = args.host
     if args.port is not None:
@@ -98,7 +61,7 @@ def cmd_classify(args) -> int:
     if args.label_set:
         data["label_set"] = args.label_set
     headers = {"X-API-Key": args.key} if args.key else {}
-    response = _request("POST", f"{_base_url(args)}/v1/classify", files=files, data=data, headers=headers)
+    response = request("POST", f"{base_url(args)}/v1/classify", files=files, data=data, headers=headers)
     body = response.json()
     print(f"model version {body['model_version']} ({body['time_ms']:.1f} ms)")
     for result in body["results"]:
@@ -113,14 +76,14 @@ def _add_classify(subparsers) -> None:
     p.add_argument("--labels", help="comma-separated candidate labels, e.g. cat,dog,car")
     p.add_argument("--label-set", help="name of a stored label set instead of --labels")
     p.add_argument("--top-k", type=int, default=5)
-    _client_args(p)
+    client_args(p)
     p.set_defaults(func=cmd_classify)
 
 
 # -- models ----------------------------------------------------------------------------------
 
 def cmd_models_list(args) -> int:
-    body = _request("GET", f"{_base_url(args)}/v1/models").json()
+    body = request("GET", f"{base_url(args)}/v1/models").json()
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
@@ -132,8 +95,8 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_activate(args) -> int:
-    url = f"{_base_url(args)}/v1/models/{args.version}/activate"
-    body = _request("POST", url, headers=_admin_headers(args)).json()
+    url = f"{base_url(args)}/v1/models/{args.version}/activate"
+    body = request("POST", url, headers=admin_headers(args)).json()
     print(f"serving {body['version']} (was {body['previous']}, generation {body['generation']})")
     return 0
 
@@ -143,11 +106,11 @@ def _add_models(subparsers) -> None:
     sub = p.add_subparsers(dest="models_command", required=True)
     ls = sub.add_parser("list", help="every version; * marks the served one")
     ls.add_argument("--json", action="store_true")
-    _client_args(ls)
+    client_args(ls)
     ls.set_defaults(func=cmd_models_list)
     act = sub.add_parser("activate", help="serve a version (promote or roll back; admin key)")
     act.add_argument("version")
-    _client_args(act)
+    client_args(act)
     act.set_defaults(func=cmd_models_activate)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db import LabelSet
+from .tables import LabelSet
 from .errors import NotFound
 
 __all__ = ["put_label_set", "get_label_set", "delete_label_set", "list_label_sets"]

@@ -1,0 +1,50 @@
+"""Database: the engine and session factory, and creating the tables of :mod:`records.tables`.
+
+Importing this module has no side effects (no engine, no files); :func:`create_all` runs at startup.
+SQLite gets WAL and a busy timeout so that the API and a worker process can share the file;
+any other SQLAlchemy URL (PostgreSQL) is used as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from .tables import Base
+
+__all__ = ["make_engine", "make_session_factory", "create_all", "SQLITE_BUSY_TIMEOUT_MS"]
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine for ``database_url``; SQLite files get their folder, WAL and a busy timeout."""
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(database_url, connect_args={"check_same_thread": False,
+                                                           "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(database_url, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table of :mod:`records.tables` (idempotent)."""
+    Base.metadata.create_all(engine)

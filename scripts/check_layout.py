@@ -1,0 +1,164 @@
+"""Check the house rules a reviewer would otherwise check by eye, from the source alone (``ast``).
+
+- Imports run downward: ``zscl_core`` (the library) imports no project package; ``records``
+  imports only ``zscl_core``; ``service`` (web) and ``worker`` (Celery) import ``records`` and
+  ``zscl_core`` but never each other; the entry points (``zscl_cli``, ``zscl_bench``) sit on top.
+- No import cycle between modules, counting imports inside functions too.
+- No module over 500 lines, no function over 60 lines (tests and benchmarks excepted).
+
+Run ``python scripts/check_layout.py``; it prints each violation and exits 1 if there is any.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("zscl_core", "records", "service", "worker", "zscl_cli", "zscl_bench")
+# what each package may import, besides itself
+ALLOWED = {
+    "zscl_core": set(),
+    "records": {"zscl_core"},
+    "service": {"zscl_core", "records"},
+    "worker": {"zscl_core", "records"},
+    "zscl_bench": {"zscl_core", "records", "service", "worker", "zscl_cli"},
+    "zscl_cli": {"zscl_core", "records", "service", "worker", "zscl_bench"},
+}
+SIZED = ("zscl_core", "records", "service", "worker", "zscl_cli")  # tests and benchmarks excepted
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def imported_modules(name: str, path: Path, known: dict[str, Path]) -> Iterator[tuple[str, int]]:
+    """The project modules ``name`` imports (anywhere in the file), with line numbers."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import mod` imports pkg.mod when that is a module, else a name in pkg
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                yield target, node.lineno
+
+
+def layer_violations(graph: dict[str, dict[str, int]], known: dict[str, Path]) -> list[str]:
+    out = []
+    for name, deps in graph.items():
+        top = name.split(".")[0]
+        for dep, line in deps.items():
+            dep_top = dep.split(".")[0]
+            if dep_top != top and dep_top not in ALLOWED[top]:
+                out.append(f"{known[name].relative_to(ROOT)}:{line}: {top} must not import {dep_top} "
+                           f"({dep})")
+    return out
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(graph[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(graph[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def size_violations(known: dict[str, Path]) -> list[str]:
+    out = []
+    for name, path in known.items():
+        if name.split(".")[0] not in SIZED:
+            continue
+        source = path.read_text()
+        where = path.relative_to(ROOT)
+        lines = source.count("\n")
+        if lines > MAX_MODULE_LINES:
+            out.append(f"{where}: {lines} lines (at most {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{where}:{node.lineno}: {node.name}() is {length} lines "
+                               f"(at most {MAX_FUNCTION_LINES})")
+    return out
+
+
+def check() -> list[str]:
+    known = project_modules()
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in known.items():
+        graph[name] = {}
+        for dep, line in imported_modules(name, path, known):
+            graph[name].setdefault(dep, line)
+    problems = layer_violations(graph, known)
+    problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+    problems += size_violations(known)
+    return problems
+
+
+def main() -> int:
+    problems = check()
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} layout problem(s)" if problems else "layout ok")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

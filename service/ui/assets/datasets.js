@@ -1,0 +1,96 @@
+// Datasets: the list (classes, split sizes, suite flag); for admin, drag-and-drop upload (the
+// API's 4xx message shown as it is), the suite toggle and "new job" on a dataset.
+
+import { api } from "./api.js";
+import { dropZone, fmtTime, h, notify, shortId } from "./dom.js";
+import { newJobForm } from "./jobs.js";
+
+const TYPES = [[/\.zip$/i, "application/zip"], [/\.(tar\.gz|tgz)$/i, "application/gzip"],
+  [/\.tar$/i, "application/x-tar"]];
+
+const contentType = (file) =>
+  (TYPES.find(([pattern]) => pattern.test(file.name)) || [])[1] || file.type || "application/octet-stream";
+
+const nameOf = (file) =>
+  file.name.replace(/\.(zip|tar|tar\.gz|tgz)$/i, "").replace(/[^A-Za-z0-9_.:-]+/g, "-").slice(0, 128) || "dataset";
+
+export async function render(section, _args, ctx) {
+  const datasets = await api("datasets", { signal: ctx.signal });
+  const formSlot = h("div");
+  section.replaceChildren(
+    h("div", { class: "page-head" }, h("h1", {}, "Datasets"),
+      h("span", { class: "muted" }, `${datasets.length} datasets`)),
+    uploadPanel(ctx),
+    formSlot,
+    h("table", { class: "list", id: "datasets-table" },
+      h("thead", {}, h("tr", {}, ["Name", "Id", "Classes", "Train", "Test", "Gate images", "Split",
+        "Suite", "Uploaded", ""].map((t) => h("th", {}, t)))),
+      h("tbody", {}, datasets.length ? datasets.map((d) => datasetRow(d, datasets, formSlot, ctx))
+        : h("tr", {}, h("td", { colspan: 10, class: "muted" }, "no datasets yet")))));
+}
+
+function datasetRow(d, all, formSlot, ctx) {
+  const classes = d.classnames.length > 4
+    ? h("details", {}, h("summary", {}, `${d.classnames.length}: ${d.classnames.slice(0, 3).join(", ")}, …`),
+      d.classnames.join(", "))
+    : `${d.classnames.length}: ${d.classnames.join(", ")}`;
+  const toggle = h("button", { type: "button", class: "admin-only", onclick: () => ctx.withAdmin(async () => {
+    await api(`datasets/${d.id}/suite`, { method: "PUT", body: { suite: !d.is_suite }, admin: true });
+    await ctx.rerender();
+    notify(`${d.name} is ${d.is_suite ? "no longer" : "now"} a suite`, "ok");
+  }) }, d.is_suite ? "Unmark suite" : "Mark as suite");
+  const train = !d.is_suite && d.n_train > 0 ? h("button", { type: "button", class: "admin-only primary",
+    dataset: { newJob: d.id }, onclick: () => {
+      formSlot.replaceChildren(newJobForm(all, d.id, ctx, () => formSlot.replaceChildren()));
+      formSlot.scrollIntoView();
+    } }, "New job…") : "";
+  return h("tr", { dataset: { dataset: d.id, name: d.name } },
+    h("td", {}, d.name), h("td", {}, h("code", { title: d.sha256 }, shortId(d.id))),
+    h("td", { class: "small" }, classes), h("td", {}, d.n_train), h("td", {}, d.n_test),
+    h("td", {}, d.n_eval), h("td", {}, d.split),
+    h("td", {}, d.is_suite ? h("span", { class: "badge suite" }, "suite") : "—"),
+    h("td", {}, fmtTime(d.created_at)), h("td", { class: "actions" }, train, toggle));
+}
+
+function uploadPanel(ctx) {
+  let file = null;
+  const chosen = h("span", { class: "muted", id: "upload-file" }, "no file chosen");
+  const name = h("input", { type: "text", id: "upload-name", required: true, maxlength: 128,
+    pattern: "[A-Za-z0-9_.:\\-]+", placeholder: "name" });
+  const suite = h("input", { type: "checkbox", id: "upload-suite" });
+  const fraction = h("input", { type: "number", id: "upload-fraction", min: 0.01, max: 0.99,
+    step: 0.01, value: 0.2 });
+  const button = h("button", { type: "submit", class: "primary", id: "upload-button", disabled: true }, "Upload");
+  const zone = dropZone({ id: "upload-input", accept: ".zip,.tar,.tar.gz,.tgz",
+    label: "Drop a .zip / .tar / .tar.gz here, or click to choose: <class>/<image> folders, " +
+      "or train/ and test/ folders (a suite: test/<class>/<image>)",
+    onFiles: ([f]) => {
+      file = f;
+      chosen.textContent = `${f.name} (${(f.size / 1024).toFixed(0)} KiB)`;
+      if (!name.value) name.value = nameOf(f);
+      button.disabled = false;
+    } });
+  const form = h("form", { class: "panel admin-only", id: "upload" }, h("h2", {}, "Upload a dataset"), zone,
+    h("p", {}, chosen),
+    h("label", {}, "Name ", name), h("label", {}, suite, " zero-shot suite (gated, never trained on)"),
+    h("label", {}, "Test fraction ", fraction), button);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!file) return;
+    const query = new URLSearchParams({ name: name.value, suite: String(suite.checked),
+      test_fraction: fraction.value });
+    button.disabled = true;
+    button.textContent = "uploading…";
+    const response = await ctx.withAdmin(() => api(`datasets?${query}`, { method: "POST", body: file,
+      headers: { "Content-Type": contentType(file) }, admin: true, raw: true }));
+    button.disabled = false;
+    button.textContent = "Upload";
+    if (!response) return; // the API's message is on screen; nothing was stored
+    const d = await response.json();
+    await ctx.rerender();
+    notify(response.status === 201
+      ? `uploaded ${d.name}: ${d.classnames.length} classes, ${d.n_train} train / ${d.n_test} test images`
+      : `the same content was uploaded before, as ${d.name} (${shortId(d.id)})`, "ok");
+  });
+  return form;
+}

@@ -1,0 +1,1 @@
+"""The ``zscl`` command line: serve, worker, classify, models, dataset, job, bench."""

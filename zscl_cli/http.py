@@ -1,0 +1,47 @@
+"""What every client subcommand shares: the server URL, the admin key, and one request helper
+that turns HTTP errors into the server's own message."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["load_settings", "base_url", "admin_headers", "request", "client_args"]
+
+
+def load_settings():
+    from records.settings import Settings
+    return Settings()
+
+
+def base_url(args) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    settings = load_settings()
+    return f"http://{settings.host}:{settings.port}"
+
+
+def admin_headers(args) -> dict[str, str]:
+    key = args.key or os.environ.get("ZSCL_ADMIN_KEY")
+    return {"X-API-Key": key} if key else {}
+
+
+def request(method: str, url: str, **kwargs):
+    import httpx
+    try:
+        response = httpx.request(method, url, timeout=120, **kwargs)
+    except httpx.ConnectError:
+        sys.exit(f"no zscl server answers at {url}; start one with `zscl serve` or pass --url")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        sys.exit(f"HTTP {response.status_code}: {detail}")
+    return response
+
+
+def client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="server URL (default http://ZSCL_HOST:ZSCL_PORT)")
+    parser.add_argument("--key", help="API key (default $ZSCL_ADMIN_KEY)")
