@@ -3,7 +3,10 @@
 Prints CIFAR-10 top-1 on the 10,000 test images of ``../shared/data/cifar10-subset.tar`` (CLIP's
 18 CIFAR prompt templates), Fashion-MNIST top-1 on its 10,000 test images (Debian package
 ``dataset-fashion-mnist``), the time to load the saved starter, and images/s of the starter next
-to a ViT-B-32 with random weights, measured in the same run.
+to a ViT-B-32 with random weights, measured in the same run. With each top-1 it prints the
+expected calibration error (15 equal-width bins) of the zero-shot probabilities at the starter's
+fitted logit scale and at the fixed 100 of the recipes before it; the scale was fitted without
+these images, which are only measured here.
 
     python -m benchmarks.starter_bench [--limit 1000] [--root DIR] [--device cpu]
                                        [--datasets cifar10 fashion-mnist] [--classifier-ceiling]
@@ -33,8 +36,9 @@ from PIL import Image
 from timm.data import ImageNetInfo
 from torch.utils.data import DataLoader
 
-from zscl_core import (DEFAULT_TEMPLATES, LabelledImages, accuracy, build_head, load_version,
-                       scan_image_folder)
+from zscl_core import (DEFAULT_TEMPLATES, LabelledImages, accuracy_from_features, build_head,
+                       encode_images, load_version, scan_image_folder)
+from zscl_core.calibration import expected_calibration_error
 from zscl_core.data import stack_batch
 from zscl_core.starter import ensure_starter, imagenet_classifier, imagenet_hierarchy
 
@@ -43,6 +47,7 @@ logger = logging.getLogger("benchmarks.starter_bench")
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-subset.tar"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+OLD_LOGIT_SCALE = 100.0  # recipes kernel-mlp-v1 and kernel-hierarchy-mlp-v2: CLIP's cap, not fitted
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                    "sneaker", "bag", "ankle boot"]
 # CLIP's CIFAR-10 prompts (Radford et al., 2021, prompt engineering notebook).
@@ -111,9 +116,19 @@ def images_per_second(model, images: torch.Tensor, repeats: int = 3) -> float:
     return repeats * len(images) / (time.perf_counter() - start)
 
 
-def zero_shot(loaded, data: LabelledImages, templates, device) -> float:
+def zero_shot(loaded, data: LabelledImages, templates, device) -> dict[str, float]:
+    """Top-1 (percent), and the ECE (percent) of the zero-shot probabilities at the model's logit
+    scale and at the old fixed scale, from one encoding of the images (a scale changes no top-1)."""
     head = build_head(loaded.model, loaded.tokenizer, data.classnames, templates, device=device)
-    return accuracy(loaded.model, head, data, device=device, batch_size=250)
+    features, labels = encode_images(loaded.model, data, device=device, batch_size=250)
+    cosines = features @ head.to(features.device)
+    scale = float(loaded.model.logit_scale.exp())
+
+    def ece(s: float) -> float:
+        return 100 * expected_calibration_error((s * cosines).softmax(-1), labels)
+
+    return {"top1": accuracy_from_features(features, labels, head), "scale": scale,
+            "ece": ece(scale), "ece_old": ece(OLD_LOGIT_SCALE)}
 
 
 @lru_cache(maxsize=1)
@@ -155,8 +170,12 @@ def report(loaded, name: str, data: LabelledImages | None, templates, missing: s
     if data is None:
         print(f"{name}: skipped ({missing})")
         return
-    acc = zero_shot(loaded, data, templates, device)
-    print(f"{name} zero-shot top-1: {acc:.2f}% on {len(data)} test images")
+    result = zero_shot(loaded, data, templates, device)
+    print(f"{name} zero-shot top-1: {result['top1']:.2f}% on {len(data)} test images "
+          f"(the same at any logit scale)")
+    print(f"{name} expected calibration error (15 bins): {result['ece']:.2f}% at the starter's "
+          f"logit scale {result['scale']:.1f}, {result['ece_old']:.2f}% at the old "
+          f"{OLD_LOGIT_SCALE:.0f}")
     if ceiling:
         top1, sizes = classifier_ceiling(loaded, data, device)
         print(f"{name} diagnostic, ImageNet classifier read through WordNet: {top1:.2f}% "

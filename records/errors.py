@@ -1,21 +1,21 @@
-"""Service errors. Each carries its HTTP status; messages say what the caller can do.
+"""The project's errors: one hierarchy rooted at :class:`zscl_core.ZSCLError`.
 
-No web framework here: the registry and the worker raise these too. The one place that turns
-them (and ``zscl_core`` errors) into HTTP responses is :mod:`service.api.errors`.
+``zscl_core`` raises its own (bad config, bad dataset, a model that cannot load); the records,
+the service and the worker raise these. None carries an HTTP status: the web edge chooses status
+codes in one place (:mod:`service.api.errors`). Every message says what the caller can do.
 """
 
 from __future__ import annotations
 
-__all__ = ["ServiceError", "NotReady", "Unauthorized", "Forbidden", "NotFound", "Conflict",
-           "InvalidRequest", "InvalidImage", "PayloadTooLarge", "QueueFull", "UnknownVersion",
-           "ClientGone"]
+from zscl_core.errors import DatasetError, ZSCLError
+
+__all__ = ["ServiceError", "NotReady", "Unauthorized", "Forbidden", "NotFound", "UnknownVersion",
+           "Conflict", "InvalidRequest", "InvalidImage", "UnsupportedMediaType", "PayloadTooLarge",
+           "QueueFull", "ClientGone", "DatasetTooLarge", "UnsafeArchive", "UnsupportedUpload"]
 
 
-class ServiceError(Exception):
-    """Base of the errors the service raises on purpose."""
-
-    status_code = 500
-    headers: dict[str, str] | None = None
+class ServiceError(ZSCLError):
+    """Base of the errors the service and the worker raise on purpose."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -23,21 +23,21 @@ class ServiceError(Exception):
 
 
 class NotReady(ServiceError):
-    status_code = 503
-    headers = {"Retry-After": "1"}
+    """Something the request needs is not up yet (the model, the queue); retry shortly."""
+
+    retry_after_s = 1
 
 
 class Unauthorized(ServiceError):
-    status_code = 401
-    headers = {"WWW-Authenticate": "ApiKey"}
+    """No API key, or a wrong one."""
 
 
 class Forbidden(ServiceError):
-    status_code = 403
+    """A valid key without the right to do this."""
 
 
 class NotFound(ServiceError):
-    status_code = 404
+    """No such record."""
 
 
 class UnknownVersion(NotFound):
@@ -48,11 +48,11 @@ class UnknownVersion(NotFound):
 
 
 class Conflict(ServiceError):
-    status_code = 409
+    """The request clashes with the records' current state."""
 
 
 class InvalidRequest(ServiceError):
-    status_code = 422
+    """The request is well-formed but its values are not acceptable."""
 
 
 class InvalidImage(InvalidRequest):
@@ -62,19 +62,33 @@ class InvalidImage(InvalidRequest):
         self.filename = filename
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """The body is in a format this endpoint does not read."""
+
+
 class PayloadTooLarge(ServiceError):
-    status_code = 413
+    """A request is over a size, count or pixel cap."""
 
 
 class ClientGone(ServiceError):
     """The client disconnected while its request was being worked on; nobody reads the answer."""
 
-    status_code = 499  # nginx's "client closed request": logged, never sent
-
 
 class QueueFull(ServiceError):
-    status_code = 429
+    """Too much work is waiting; retry after ``retry_after_s``."""
 
     def __init__(self, message: str, retry_after_s: int = 1):
         super().__init__(message)
-        self.headers = {"Retry-After": str(retry_after_s)}
+        self.retry_after_s = retry_after_s
+
+
+class DatasetTooLarge(DatasetError):
+    """An upload broke a byte, file-count, compression-ratio or pixel cap."""
+
+
+class UnsafeArchive(DatasetError):
+    """A member would escape the dataset directory or is not a plain file (path, link, device)."""
+
+
+class UnsupportedUpload(DatasetError):
+    """The upload is not a zip or tar archive, or declares a content type that is not one."""

@@ -18,7 +18,7 @@ from zscl_core import ZSCLError
 
 from records import db
 from .api.errors import install_error_handlers
-from .api.main import api_router, health_router
+from .api.main import UNCAPPED_ROUTES, api_router, health_router
 from .api.middleware import ServiceMiddleware
 from .bootstrap import ensure_serving
 from .container import Services, build_services
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="CLIP zero-shot image classification that keeps learning (ZSCL).")
     app.state.services = services
     app.add_middleware(ServiceMiddleware, holder=services.holder, metrics=services.metrics,
-                       max_body_bytes=settings.max_upload_bytes)
+                       max_body_bytes=settings.max_upload_bytes, uncapped=UNCAPPED_ROUTES)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(api_router)

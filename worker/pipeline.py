@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +28,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from records import jobs, registry
-from records.tables import ModelVersion
 from records.ingest import evaluation_images, load_dataset_dir
-from records.tables import Dataset, Job
 from records.label_sets import put_label_set
 from records.settings import Settings
+from records.tables import Dataset, Job, ModelVersion
 from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, GateReport, LoadedModel, PairedScore,
-                       ReferenceSet, UnlabelledImages, UpdateCancelled, UpdateConfig, UpdateResult,
-                       build_head, correct, default_reference_texts, drift, encode_texts,
+                       ReferenceSet, StepInfo, UnlabelledImages, UpdateCancelled, UpdateConfig,
+                       UpdateResult, build_head, correct, default_reference_texts, drift, encode_texts,
                        evaluate_gate, get_method, load_version, run_update, save_version)
 from zscl_core.reference import list_images, photo_crops
 
-__all__ = ["JobPlan", "JobRunner", "run_job"]
+__all__ = ["JobPlan", "JobRunner", "Progress", "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +113,12 @@ class JobPlan:
 class JobRunner:
     """Runs one job with the objects of one worker process."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], device: str = "cpu"):
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], device: str = "cpu",
+                 on_step: Callable[[str, StepInfo], None] | None = None):
         self.settings = settings
         self.sessions = sessions
         self.device = device
+        self.on_step = on_step  # called with (job id, step info) after each recorded step
         # Versions never change and datasets are content-addressed, so these caches stay valid
         # for the life of the process: the served model's per-image correctness per (version,
         # dataset id), the teacher's embeddings of the reference texts per teacher version, and
@@ -140,7 +142,7 @@ class JobRunner:
                 return state
         try:
             with _Heartbeat(self.sessions, job_id):
-                return self._run(job_id, base_version)
+                return self.run_steps(job_id, base_version)
         except UpdateCancelled as exc:
             with self.sessions() as session:
                 jobs.transition(session, job_id, "cancelled",
@@ -153,9 +155,10 @@ class JobRunner:
                                 error={"type": type(exc).__name__, "message": str(exc)})
             return "failed"
 
-    def _run(self, job_id: str, base_version: str) -> str:
+    def run_steps(self, job_id: str, base_version: str) -> str:
+        """load -> train -> evaluate -> decide, for a job already marked running."""
         plan = self.load(job_id, base_version)
-        progress = _Progress(self.sessions, job_id, plan.config.steps)
+        progress = Progress(self.sessions, job_id, plan.config.steps, on_step=self.on_step)
         started = time.monotonic()
         result = self.train(plan, progress)
         train_s = time.monotonic() - started
@@ -170,8 +173,7 @@ class JobRunner:
                         "train_s": round(train_s, 2),
                         "s_per_step": round(train_s / max(1, result.steps), 4),
                         "evaluate_s": round(time.monotonic() - started, 2)})
-        state, version_id = self._decide(job_id, plan.base, base_version, candidate, plan.dataset,
-                                         report, metrics)
+        state, version_id = self.decide(plan, candidate, report, metrics)
         if version_id is not None:  # saved: its scores are the served scores of a later job
             self.scores.update({(version_id, d): v for d, v in candidate_scores.items()})
         return state
@@ -197,7 +199,7 @@ class JobRunner:
         return JobPlan(job_id, base_version, config, policy, dataset, learned, suites, root_id,
                        base, initial)
 
-    def train(self, plan: JobPlan, progress: _Progress) -> UpdateResult:
+    def train(self, plan: JobPlan, progress: Progress) -> UpdateResult:
         """Run the update (``zscl_core.run_update``) on the dataset's train split."""
         base, config = plan.base, plan.config
         train, _ = load_dataset_dir(plan.dataset.path)
@@ -216,7 +218,7 @@ class JobRunner:
                           template=DEFAULT_TEMPLATES[0], device=self.device, on_step=progress,
                           should_cancel=progress.cancel_requested)
 
-    def evaluate(self, plan: JobPlan, candidate, progress: _Progress
+    def evaluate(self, plan: JobPlan, candidate, progress: Progress
                  ) -> tuple[GateReport, dict, dict[str, torch.Tensor]]:
         """Score the served model and the candidate on every gate dataset; apply the gate.
 
@@ -232,7 +234,7 @@ class JobRunner:
             if progress.cancel_requested():
                 raise UpdateCancelled(plan.config.steps)
             before = self._served_correct(plan.base_version, base, evaluation)
-            after = self._correct(base, candidate, evaluation)
+            after = self.score(base, candidate, evaluation)
             candidate_scores[evaluation.dataset_id] = after
             scores.append(PairedScore.from_correct(evaluation.dataset_id, evaluation.name,
                                                    evaluation.kind, before, after))
@@ -278,9 +280,10 @@ class JobRunner:
         return (UnlabelledImages(distil, transform),
                 UnlabelledImages([items[i] for i in order[:held]], transform))
 
-    def _decide(self, job_id, base: LoadedModel, base_version, candidate, dataset, report,
-                metrics) -> tuple[str, str | None]:
+    def decide(self, plan: JobPlan, candidate, report: GateReport, metrics: dict
+               ) -> tuple[str, str | None]:
         """Promote or reject the candidate; returns the job's state and the saved version."""
+        job_id, base, base_version, dataset = plan.job_id, plan.base, plan.base_version, plan.dataset
         with self.sessions() as session:
             if jobs.get_job(session, job_id).cancel_requested:
                 jobs.transition(session, job_id, "cancelled", metrics=metrics,
@@ -334,7 +337,7 @@ class JobRunner:
                         ) -> torch.Tensor:
         key = (version, evaluation.dataset_id)
         if key not in self.scores:
-            self.scores[key] = self._correct(base, base.model, evaluation)
+            self.scores[key] = self.score(base, base.model, evaluation)
         return self.scores[key]
 
     def _teacher_texts(self, teacher_id: str, teacher, tokenizer, texts) -> torch.Tensor:
@@ -346,25 +349,34 @@ class JobRunner:
                                                    device=self.device).cpu()
         return self.teacher_texts[key]
 
-    def _correct(self, base: LoadedModel, model, evaluation: _Evaluation) -> torch.Tensor:
+    def score(self, base: LoadedModel, model, evaluation: _Evaluation) -> torch.Tensor:
+        """Per-image correctness of ``model`` on one gate dataset (base gives the tokenizer)."""
         head = build_head(model, base.tokenizer, evaluation.classnames, DEFAULT_TEMPLATES,
                           device=self.device)
         return correct(model, head, evaluation.images, device=self.device)
 
 
-class _Progress:
-    """on_step hook: throttled progress rows and events, ETA, and the cancel flag."""
+class Progress:
+    """run_update's on_step: throttled progress rows and events, ETA, and the cancel flag;
+    then the runner's own ``on_step`` hook, if any."""
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str, total: int,
-                 min_interval_s: float = 0.5):
+                 min_interval_s: float = 0.5,
+                 on_step: Callable[[str, StepInfo], None] | None = None):
         self.sessions, self.job_id, self.total = sessions, job_id, total
+        self.hook = on_step
         self.min_interval_s = min_interval_s
         self.started = time.monotonic()
         self.last_write = 0.0
         self.event_every = max(1, total // 50)
         self.cancelled = False
 
-    def __call__(self, info) -> None:
+    def __call__(self, info: StepInfo) -> None:
+        self._record(info)
+        if self.hook is not None:
+            self.hook(self.job_id, info)
+
+    def _record(self, info: StepInfo) -> None:
         now = time.monotonic()
         if info.step != info.total and now - self.last_write < self.min_interval_s \
                 and info.step % self.event_every:

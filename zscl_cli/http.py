@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-__all__ = ["load_settings", "base_url", "admin_headers", "request", "client_args"]
+__all__ = ["load_settings", "base_url", "admin_headers", "request", "call", "client_args"]
 
 
 def load_settings():
@@ -45,3 +45,9 @@ def request(method: str, url: str, **kwargs):
 def client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server URL (default http://ZSCL_HOST:ZSCL_PORT)")
     parser.add_argument("--key", help="API key (default $ZSCL_ADMIN_KEY)")
+
+
+def call(args, method: str, path: str, **kwargs):
+    """``request`` against the server ``args`` names, with its key (admin or read) if any."""
+    headers = {**admin_headers(args), **kwargs.pop("headers", {})}
+    return request(method, f"{base_url(args)}{path}", headers=headers, **kwargs)

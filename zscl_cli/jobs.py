@@ -1,109 +1,17 @@
-"""``zscl`` subcommands for continual updates: worker, dataset upload/list, job create/watch/cancel.
-
-Registered in :data:`zscl_cli.main.COMMANDS`; HTTP through :mod:`zscl_cli.http`.
-"""
+"""``zscl job``: create, list, show, watch and cancel update jobs."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from . import http
 
-__all__ = ["add_worker", "add_dataset", "add_job", "embedded_worker"]
+__all__ = ["add_job", "parse_values", "print_job"]
 
 _TERMINAL = {"succeeded", "rejected", "failed", "cancelled"}
-_CONTENT_TYPES = {".zip": "application/zip", ".tar": "application/x-tar",
-                  ".gz": "application/gzip", ".tgz": "application/gzip"}
 
-
-# -- worker ----------------------------------------------------------------------------------
-
-def cmd_worker(args) -> int:
-    from worker.app import app
-    from records.queue import QUEUE
-
-    argv = ["worker", f"--loglevel={args.log_level}", "--concurrency", "1", "--pool", args.pool,
-            "--queues", QUEUE, "--without-gossip", "--without-mingle"]
-    if args.hostname:
-        argv += ["--hostname", args.hostname]
-    app.worker_main(argv)
-    return 0
-
-
-def add_worker(subparsers) -> None:
-    p = subparsers.add_parser("worker", help="run a Celery worker for update jobs (one per GPU)")
-    p.add_argument("--pool", default="prefork", choices=["prefork", "solo"],
-                   help="prefork: the job runs in a child process (default)")
-    p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
-    p.add_argument("--log-level", default="INFO")
-    p.set_defaults(func=cmd_worker)
-
-
-@contextlib.contextmanager
-def embedded_worker(settings):
-    """In embedded mode `zscl serve` runs one worker process beside the API."""
-    if settings.distributed or not settings.start_worker:
-        yield None
-        return
-    proc = subprocess.Popen([sys.executable, "-m", "zscl_cli", "worker", "--log-level", "WARNING"])
-    print(f"  worker: pid {proc.pid} (embedded broker {settings.broker_url})", flush=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-# -- dataset ---------------------------------------------------------------------------------
-
-def cmd_dataset_upload(args) -> int:
-    path = Path(args.archive)
-    content_type = _CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    params = {"name": args.name or path.name.split(".")[0], "suite": str(args.suite).lower(),
-              "test_fraction": args.test_fraction, "seed": args.seed}
-    with path.open("rb") as fh:
-        body = http.request("POST", f"{http.base_url(args)}/v1/datasets", content=fh,
-                            params=params, headers={**http.admin_headers(args),
-                                                    "Content-Type": content_type}).json()
-    print(f"dataset {body['id']} '{body['name']}': {len(body['classnames'])} classes, "
-          f"{body['n_train']} train / {body['n_test']} test ({body['split']} split)"
-          f"{', zero-shot suite' if body['is_suite'] else ''}")
-    return 0
-
-
-def cmd_dataset_list(args) -> int:
-    for d in http.request("GET", f"{http.base_url(args)}/v1/datasets").json():
-        print(f"{d['id']}  {d['name']:<20} classes={len(d['classnames'])} train={d['n_train']} "
-              f"test={d['n_test']} eval={d['n_eval']}{'  [suite]' if d['is_suite'] else ''}")
-    return 0
-
-
-def add_dataset(subparsers) -> None:
-    p = subparsers.add_parser("dataset", help="upload or list labelled datasets")
-    sub = p.add_subparsers(dest="dataset_command", required=True)
-    up = sub.add_parser("upload", help="upload a zip/tar of <class>/<image> (admin key)")
-    up.add_argument("archive")
-    up.add_argument("--name", help="default: the file name")
-    up.add_argument("--suite", action="store_true", help="register as a zero-shot evaluation suite")
-    up.add_argument("--test-fraction", type=float, default=0.2)
-    up.add_argument("--seed", type=int, default=0)
-    http.client_args(up)
-    up.set_defaults(func=cmd_dataset_upload)
-    ls = sub.add_parser("list")
-    http.client_args(ls)
-    ls.set_defaults(func=cmd_dataset_list)
-
-
-# -- job -------------------------------------------------------------------------------------
 
 def parse_values(pairs: list[str]) -> dict:
     """`--set KEY=VALUE` pairs: each value read as JSON (6, 1e-5, true, "x"), else as a string."""
@@ -119,11 +27,32 @@ def parse_values(pairs: list[str]) -> dict:
     return values
 
 
+def print_job(job: dict) -> None:
+    """The job's state, its gate table and reasons, its error, and what it promoted."""
+    print(f"job {job['id']}: {job['state']}  ({job['method']} on dataset {job['dataset_id']}, "
+          f"step {job['step']}/{job['total_steps']}, base {job['base_version'] or '-'})")
+    report = job.get("report") or {}
+    rows = report.get("rows", [])
+    if rows:
+        print(f"  {'kind':<9} {'dataset':<20} {'before':>6}    {'after':>6} {'delta':>7}  margin")
+    for row in rows:
+        print(f"  {row['kind']:<9} {row['dataset']:<20} {row['before']:6.2f} -> {row['after']:6.2f} "
+              f"({row['delta']:+.2f} ± {row.get('margin', 0.0):.2f}, {row.get('n', '?')} images, "
+              f"dataset {row.get('dataset_id', '?')})")
+    for reason in report.get("reasons", []):
+        print(f"  gate: {reason}")
+    if report.get("superseded"):
+        print(f"  {report['superseded']}")
+    if job.get("error"):
+        print(f"  error: {job['error'].get('type')}: {job['error'].get('message')}")
+    if job.get("candidate_version") and job["state"] == "succeeded":
+        print(f"  now serving {job['candidate_version']}")
+
+
 def cmd_job_create(args) -> int:
     body = {"dataset_id": args.dataset, "method": args.method, "hparams": parse_values(args.set),
             "gate": parse_values(args.gate), "idempotency_key": args.idempotency_key}
-    job = http.request("POST", f"{http.base_url(args)}/v1/jobs", json=body,
-                       headers=http.admin_headers(args)).json()
+    job = http.call(args, "POST", "/v1/jobs", json=body).json()
     print(f"job {job['id']} {job['state']} ({job['method']}, {job['total_steps']} steps)")
     if args.watch:
         args.job = job["id"]
@@ -131,11 +60,27 @@ def cmd_job_create(args) -> int:
     return 0
 
 
+def cmd_job_list(args) -> int:
+    for job in http.call(args, "GET", "/v1/jobs", params={"limit": args.limit}).json():
+        eta = f" eta {job['eta_s']:.0f}s" if job["eta_s"] and job["state"] not in _TERMINAL else ""
+        print(f"{job['id']}  {job['state']:<10} {job['progress']:>4.0%}{eta:<10} "
+              f"{job['method']:<13} dataset={job['dataset_id']} created={job['created_at']}")
+    return 0
+
+
+def cmd_job_show(args) -> int:
+    job = http.call(args, "GET", f"/v1/jobs/{args.job}").json()
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    print_job(job)
+    return 0
+
+
 def cmd_job_watch(args) -> int:
     from tqdm import tqdm
 
-    url = f"{http.base_url(args)}/v1/jobs/{args.job}"
-    job = http.request("GET", url).json()
+    job = http.call(args, "GET", f"/v1/jobs/{args.job}").json()
     with tqdm(total=max(job["total_steps"], 1), unit="step", dynamic_ncols=True) as bar:
         while True:
             bar.total = max(job["total_steps"], 1)
@@ -147,31 +92,19 @@ def cmd_job_watch(args) -> int:
             if job["state"] in _TERMINAL:
                 break
             time.sleep(args.interval)
-            job = http.request("GET", url).json()
-    print(f"job {job['id']}: {job['state']}")
-    report = job.get("report") or {}
-    for row in report.get("rows", []):
-        print(f"  {row['kind']:<9} {row['dataset']:<20} {row['before']:6.2f} -> {row['after']:6.2f} "
-              f"({row['delta']:+.2f} ± {row.get('margin', 0.0):.2f}, {row.get('n', '?')} images, "
-              f"dataset {row.get('dataset_id', '?')})")
-    for reason in report.get("reasons", []):
-        print(f"  gate: {reason}")
-    if job.get("error"):
-        print(f"  error: {job['error'].get('type')}: {job['error'].get('message')}")
-    if job.get("candidate_version") and job["state"] == "succeeded":
-        print(f"  now serving {job['candidate_version']}")
+            job = http.call(args, "GET", f"/v1/jobs/{args.job}").json()
+    print_job(job)
     return {"succeeded": 0, "rejected": 2}.get(job["state"], 1)
 
 
 def cmd_job_cancel(args) -> int:
-    job = http.request("POST", f"{http.base_url(args)}/v1/jobs/{args.job}/cancel",
-                       headers=http.admin_headers(args)).json()
+    job = http.call(args, "POST", f"/v1/jobs/{args.job}/cancel").json()
     print(f"job {job['id']}: {job['state']}")
     return 0
 
 
 def add_job(subparsers) -> None:
-    p = subparsers.add_parser("job", help="create, watch or cancel update jobs")
+    p = subparsers.add_parser("job", help="create, list, show, watch or cancel update jobs")
     sub = p.add_subparsers(dest="job_command", required=True)
     create = sub.add_parser("create", help="start an update on a dataset (admin key)")
     create.add_argument("dataset", help="dataset id")
@@ -183,14 +116,19 @@ def add_job(subparsers) -> None:
     create.add_argument("--idempotency-key")
     create.add_argument("--watch", action="store_true", help="then show a live progress bar")
     create.add_argument("--interval", type=float, default=1.0)
-    http.client_args(create)
     create.set_defaults(func=cmd_job_create)
+    ls = sub.add_parser("list", help="the newest jobs: state, progress, ETA")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=cmd_job_list)
+    show = sub.add_parser("show", help="one job: state, progress and the gate table")
+    show.add_argument("--json", action="store_true", help="the whole record as JSON")
+    show.set_defaults(func=cmd_job_show)
     watch = sub.add_parser("watch", help="live progress bar until the job ends")
-    watch.add_argument("job")
     watch.add_argument("--interval", type=float, default=1.0)
-    http.client_args(watch)
     watch.set_defaults(func=cmd_job_watch)
-    cancel = sub.add_parser("cancel")
-    cancel.add_argument("job")
-    http.client_args(cancel)
+    cancel = sub.add_parser("cancel", help="stop a job (admin key)")
     cancel.set_defaults(func=cmd_job_cancel)
+    for command in (show, watch, cancel):
+        command.add_argument("job", help="job id")
+    for command in sub.choices.values():
+        http.client_args(command)

@@ -13,8 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .http import admin_headers, base_url, client_args, load_settings, request
-from .jobs import add_dataset, add_job, add_worker, embedded_worker
+from .http import call, client_args, load_settings
+from .datasets import add_dataset
+from .jobs import add_job
+from .label_sets import add_label_set
+from .worker import add_worker, embedded_worker
 
 __all__ = ["main", "COMMANDS"]
 
@@ -60,8 +63,7 @@ def cmd_classify(args) -> int:
         data["labels"] = args.labels
     if args.label_set:
         data["label_set"] = args.label_set
-    headers = {"X-API-Key": args.key} if args.key else {}
-    response = request("POST", f"{base_url(args)}/v1/classify", files=files, data=data, headers=headers)
+    response = call(args, "POST", "/v1/classify", files=files, data=data)
     body = response.json()
     print(f"model version {body['model_version']} ({body['time_ms']:.1f} ms)")
     for result in body["results"]:
@@ -83,7 +85,7 @@ def _add_classify(subparsers) -> None:
 # -- models ----------------------------------------------------------------------------------
 
 def cmd_models_list(args) -> int:
-    body = request("GET", f"{base_url(args)}/v1/models").json()
+    body = call(args, "GET", "/v1/models").json()
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
@@ -95,8 +97,7 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_activate(args) -> int:
-    url = f"{base_url(args)}/v1/models/{args.version}/activate"
-    body = request("POST", url, headers=admin_headers(args)).json()
+    body = call(args, "POST", f"/v1/models/{args.version}/activate").json()
     print(f"serving {body['version']} (was {body['previous']}, generation {body['generation']})")
     return 0
 
@@ -129,7 +130,8 @@ def _add_bench(subparsers) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_serve, _add_classify, _add_models, add_worker, add_dataset, add_job, _add_bench,
+    _add_serve, _add_classify, _add_models, add_worker, add_dataset, add_job, add_label_set,
+    _add_bench,
 ]
 
 

@@ -21,6 +21,12 @@ open_clip's MLP (Linear, GELU, Linear) whose first layer holds centred class key
 second layer is the ridge regression (closed form) of the targets on the encoded texts. The
 build is deterministic (a seeded choice of keys, no training loop) and takes about a minute on
 two CPU cores.
+
+The logit scale is temperature scaling (Guo et al., ICML 2017) fitted to the same teacher: the
+scale at which the starter's probabilities over the 1,000 ImageNet class prompts best match the
+shipped classifier's own (cross-entropy, ``zscl_core.calibration.fit_logit_scale``) on the
+photographs that ship with scikit-image, which belong to no evaluation set. A scale changes no
+argmax, so no accuracy; CLIP's fixed 100 made the starter's probabilities overconfident.
 """
 
 from __future__ import annotations
@@ -39,23 +45,27 @@ from typing import Any
 
 import torch
 from open_clip import IMAGENET_CLASSNAMES
+from PIL import Image
 from safetensors.torch import load_file
+from skimage import data as skimage_data
 from timm.data import ImageNetInfo
 from torch import nn
 from tqdm import tqdm
 
+from .calibration import fit_logit_scale
 from .errors import ModelLoadError
 from .models import build_from_spec, resolve_package_path
 from .versions import list_versions, save_version
 
 __all__ = ["STARTER_NAME", "RECIPE", "starter_spec", "build_starter", "ensure_starter",
            "find_starter", "fit_text_projection", "kernel_targets", "relu6_bn_mean",
-           "alignment_texts", "imagenet_hierarchy", "imagenet_classifier"]
+           "alignment_texts", "imagenet_hierarchy", "imagenet_classifier", "calibration_photos",
+           "calibrate_logit_scale"]
 
 logger = logging.getLogger(__name__)
 
 STARTER_NAME = "starter"
-RECIPE = "kernel-hierarchy-mlp-v2"  # bump when the build changes: ensure_starter then builds anew
+RECIPE = "kernel-hierarchy-mlp-calibrated-v3"  # bump when the build changes: ensure_starter then builds anew
 IMAGE_SIZE = 128  # 3x the CPU throughput of 224 px; CIFAR-sized inputs gain from it too
 EMBED_DIM = 1280
 CONTEXT_LENGTH = 64
@@ -67,7 +77,10 @@ NAME_TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.")
 KERNEL_TAU = 0.1
 RIDGE_LAMBDA = 1e-3
 HIDDEN_SCALE = 5.0
-LOGIT_SCALE = 100.0
+# scikit-image's bundled photographs (no download; in no evaluation set), for the logit scale
+CALIBRATION_PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
+                      "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page",
+                      "retina", "rocket", "stereo_motorcycle", "text")
 
 
 def starter_spec() -> dict[str, Any]:
@@ -254,6 +267,36 @@ def _pooled_texts(model: nn.Module, tokenizer: Callable, texts: Sequence[str], *
     return torch.cat(parts)
 
 
+def calibration_photos() -> list[Image.Image]:
+    """The photographs the logit scale is fitted on: ``CALIBRATION_PHOTOS``, each also mirrored."""
+    photos = []
+    for name in CALIBRATION_PHOTOS:
+        array = getattr(skimage_data, name)()
+        photo = Image.fromarray(array[0] if isinstance(array, tuple) else array).convert("RGB")
+        photos += [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    return photos
+
+
+@torch.no_grad()
+def calibrate_logit_scale(model: nn.Module, pixels: torch.Tensor, class_features: torch.Tensor,
+                          classifier: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """The logit scale at which the starter's probabilities over the ImageNet class prompts best
+    match the ImageNet classifier's own on the same images (``fit_logit_scale``).
+
+    Args:
+        model: the starter, its towers aligned; its image trunk feeds the classifier.
+        pixels: (n, 3, H, W) preprocessed images, on the model's device.
+        class_features: (1000, dim) normalised text features of the class prompts, in
+            ImageNet order.
+        classifier: the ImageNet classifier's weight (1000, d_trunk) and bias (1000,).
+    """
+    pooled = model.visual.trunk(pixels).float()
+    features = _normalise(model.visual.head(pooled).float())
+    weight, bias = (t.to(pooled.device) for t in classifier)
+    teacher = (pooled @ weight.T + bias).softmax(dim=-1)
+    return fit_logit_scale(features @ class_features.T.to(features.device), teacher)
+
+
 def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
                   progress: bool = False) -> str:
     """Build the starter model and save it as a version under ``root``; returns its id.
@@ -269,13 +312,12 @@ def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
     torch.manual_seed(0)
     spec = starter_spec()
     with _hub_offline():
-        model, _, _, tokenizer = build_from_spec(spec, device="cpu")
-    classifier_w, _ = _load_image_tower(model)
+        model, _, preprocess, tokenizer = build_from_spec(spec, device="cpu")
+    classifier_w, classifier_b = _load_image_tower(model)
     _load_text_tower(model)
     with torch.no_grad():
         model.visual.head.proj.weight.copy_(torch.eye(EMBED_DIM))
         model.visual.head.proj.bias.copy_(-relu6_bn_mean(model.visual.trunk.bn2))
-        model.logit_scale.fill_(math.log(LOGIT_SCALE))
     model.to(device).eval()
 
     class_texts, ancestor_texts, members = alignment_texts()
@@ -296,6 +338,15 @@ def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
     with torch.no_grad():
         model.text.proj[0].weight.copy_(first.to(device))
         model.text.proj[2].weight.copy_(second.to(device))
+        prompts = _normalise(model.text.proj(pooled[:n_names].to(device)).float())
+        class_features = _normalise(prompts.view(len(NAME_TEMPLATES), n_classes, -1).mean(0))
+        pixels = torch.stack([preprocess(p) for p in calibration_photos()]).to(device)
+        # rounded: thread counts change the last bits of the fit, and builds stay byte-identical
+        scale = round(calibrate_logit_scale(model, pixels, class_features,
+                                            (classifier_w, classifier_b)), 1)
+        model.logit_scale.fill_(math.log(scale))
+    logger.info("logit scale %.1f (fitted to the ImageNet classifier on %d photographs)",
+                scale, len(pixels))
     model.cpu()
 
     metadata = {"name": STARTER_NAME, "recipe": RECIPE,
@@ -305,6 +356,9 @@ def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
                                  "sha256": TEXT_WEIGHTS_SHA256,
                                  "licence": "Apache-2.0 (weights), MIT (package)"},
                 "alignment_texts": len(texts),
+                "logit_scale": {"value": scale, "fitted_to": "the ImageNet classifier's "
+                                "probabilities over its 1,000 classes, on scikit-image's "
+                                f"{len(CALIBRATION_PHOTOS)} photographs and their mirror images"},
                 "hierarchy": "WordNet 3.0 (Princeton University licence)"}
     version = save_version(root, model, spec, metadata=metadata)
     logger.info("built the starter model as version %s", version)

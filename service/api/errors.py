@@ -1,4 +1,8 @@
-"""The one place that maps project errors to HTTP responses ``{"detail": "..."}``."""
+"""The one place that chooses HTTP status codes for project errors: ``{"detail": "..."}`` answers.
+
+Every error the project raises on purpose is a :class:`zscl_core.ZSCLError`; the first row of
+:data:`STATUS` whose class matches gives the status (subclasses are listed before their bases).
+"""
 
 from __future__ import annotations
 
@@ -7,41 +11,64 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from records.errors import (ClientGone, Conflict, DatasetTooLarge, Forbidden, InvalidRequest, NotFound,
+                            NotReady, PayloadTooLarge, QueueFull, Unauthorized, UnsupportedMediaType,
+                            UnsupportedUpload)
 from zscl_core import ConfigError, DatasetError, ModelLoadError, ZSCLError
 
-from records.errors import ServiceError
-from records.ingest import DatasetTooLarge, UnsupportedUpload
-
-__all__ = ["install_error_handlers", "error_response"]
+__all__ = ["STATUS", "install_error_handlers", "error_response", "response_for", "status_for"]
 
 logger = logging.getLogger(__name__)
 
-# zscl_core errors, most specific first
-_CORE_STATUS: tuple[tuple[type[ZSCLError], int, str], ...] = (
-    (ModelLoadError, 409, "the model version cannot be loaded; repair it or activate another: "),
-    (DatasetTooLarge, 413, ""),
-    (UnsupportedUpload, 415, ""),
-    (ConfigError, 422, ""),
-    (DatasetError, 422, ""),
+STATUS: tuple[tuple[type[ZSCLError], int], ...] = (
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (ModelLoadError, 409),
+    (Conflict, 409),
+    (PayloadTooLarge, 413),
+    (DatasetTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (UnsupportedUpload, 415),
+    (InvalidRequest, 422),
+    (ConfigError, 422),
+    (DatasetError, 422),
+    (QueueFull, 429),
+    (ClientGone, 499),  # nginx's "client closed request": logged, never sent
+    (NotReady, 503),
 )
+_MODEL_LOAD_HINT = "the model version cannot be loaded; repair it or activate another: "
+
+
+def status_for(exc: ZSCLError) -> int:
+    """The HTTP status of a project error (500 for one no row matches: a bug)."""
+    return next((status for kind, status in STATUS if isinstance(exc, kind)), 500)
+
+
+def _headers_for(exc: ZSCLError) -> dict[str, str] | None:
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "ApiKey"}
+    if isinstance(exc, (NotReady, QueueFull)):
+        return {"Retry-After": str(exc.retry_after_s)}
+    return None
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
-async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-    return error_response(exc.status_code, exc.message, exc.headers)
+def response_for(exc: ZSCLError) -> JSONResponse:
+    status = status_for(exc)
+    if status == 500:
+        logger.error("unmapped project error: %r", exc)
+        return error_response(500, f"internal error: {exc}")
+    prefix = _MODEL_LOAD_HINT if isinstance(exc, ModelLoadError) else ""
+    return error_response(status, f"{prefix}{exc}", _headers_for(exc))
 
 
-async def _core_error(_request: Request, exc: ZSCLError) -> JSONResponse:
-    for kind, status, prefix in _CORE_STATUS:
-        if isinstance(exc, kind):
-            return error_response(status, f"{prefix}{exc}")
-    logger.error("unmapped zscl_core error: %r", exc)
-    return error_response(500, f"internal error: {exc}")
+async def _project_error(_request: Request, exc: ZSCLError) -> JSONResponse:
+    return response_for(exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(ZSCLError, _core_error)
+    app.add_exception_handler(ZSCLError, _project_error)

@@ -13,3 +13,6 @@ api_router.include_router(jobs.router)
 api_router.include_router(ui.router)  # the dashboard at /ui/
 
 health_router = health.router
+
+#: routes that opted out of the request-body cap (see ``ServiceMiddleware``)
+UNCAPPED_ROUTES = datasets.UNCAPPED

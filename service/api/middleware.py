@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from records.errors import PayloadTooLarge
 from ..metrics import Metrics
 from ..serving import ModelHolder
-from .errors import error_response
+from .errors import error_response, response_for
 
 __all__ = ["ServiceMiddleware", "VERSION_HEADER"]
 
@@ -28,13 +28,14 @@ class ServiceMiddleware:
     request (set by the route in ``request.state.model_version``), else the served one."""
 
     def __init__(self, app: ASGIApp, *, holder: ModelHolder, metrics: Metrics, max_body_bytes: int,
-                 limited_prefixes: tuple[str, ...] = ("/v1/classify", "/v1/label-sets")):
+                 uncapped: frozenset[tuple[str, str]] = frozenset()):
         self.app = app
         self.holder = holder
         self.metrics = metrics
         self.max_body = max_body_bytes
-        # dataset uploads have their own, larger limits (records.ingest): only these are capped
-        self.limited_prefixes = limited_prefixes
+        # every request body is capped unless its route opts out by (method, path), as the
+        # dataset upload does: it streams to disk under its own, larger cap
+        self.uncapped = uncapped
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the request body is larger than the limit of {self.max_body} bytes; "
@@ -67,12 +68,12 @@ class ServiceMiddleware:
                     raise self._too_large()
             return message
 
-        limited = scope["path"].startswith(self.limited_prefixes)
+        limited = (scope["method"], scope["path"].rstrip("/")) not in self.uncapped
         try:
             length = dict(scope["headers"]).get(b"content-length") if limited else None
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 exc = self._too_large()
-                await error_response(exc.status_code, exc.message)(scope, receive, send_with_version)
+                await response_for(exc)(scope, receive, send_with_version)
             else:
                 await self.app(scope, limited_receive if limited else receive, send_with_version)
         except Exception:  # a bug, not a mapped error: still a JSON answer naming the version

@@ -51,18 +51,18 @@ def test_later_jobs_reuse_served_scores_and_teacher_text_features(job_env, tmp_p
     stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
     upload(settings, sessions, colours_zip(), "colours", tmp_path, suite=True)
     more = upload(settings, sessions, stripes_zip(seed=11), "stripes-2", tmp_path)
-    runner = JobRunner(settings, sessions)
     encoded, served_evals = [], []
-    real_encode, real_correct = pipeline.encode_texts, runner._correct
+    real_encode = pipeline.encode_texts
     monkeypatch.setattr(pipeline, "encode_texts",
                         lambda *a, **k: encoded.append(1) or real_encode(*a, **k))
 
-    def counting_correct(base, model, evaluation):
-        if model is base.model:
-            served_evals.append(evaluation.name)
-        return real_correct(base, model, evaluation)
+    class CountingRunner(JobRunner):
+        def score(self, base, model, evaluation):
+            if model is base.model:
+                served_evals.append(evaluation.name)
+            return super().score(base, model, evaluation)
 
-    runner._correct = counting_correct
+    runner = CountingRunner(settings, sessions)
     first = _job(sessions, stripes.id, hparams=SHORT, gate=OPEN_GATE)
     second = _job(sessions, more.id, hparams=SHORT, gate=OPEN_GATE)
     assert runner.run(first) == "succeeded"
@@ -103,20 +103,19 @@ def test_candidate_from_a_version_no_longer_served_is_not_promoted(job_env, tmp_
     stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
     job_id = _job(sessions, stripes.id, hparams={**FAST_HPARAMS, "steps": 4, "warmup_steps": 1},
                   gate=OPEN_GATE)
-    runner = JobRunner(settings, sessions)
-    original = runner._decide
 
-    def rollback_meanwhile(*args, **kwargs):
-        # an operator activates another version while the job evaluates
-        from zscl_core import load_version, save_version
-        loaded = load_version(settings.versions_dir / served)
-        other = save_version(settings.versions_dir, loaded.model, loaded.spec, parent=served)
-        with sessions() as session:
-            registry.register_version(session, other, settings.versions_dir / other, served)
-            assert registry.activate(session, other)
-        return original(*args, **kwargs)
+    class RollbackMeanwhile(JobRunner):
+        def decide(self, *args, **kwargs):
+            # an operator activates another version while the job evaluates
+            from zscl_core import load_version, save_version
+            loaded = load_version(settings.versions_dir / served)
+            other = save_version(settings.versions_dir, loaded.model, loaded.spec, parent=served)
+            with sessions() as session:
+                registry.register_version(session, other, settings.versions_dir / other, served)
+                assert registry.activate(session, other)
+            return super().decide(*args, **kwargs)
 
-    runner._decide = rollback_meanwhile
+    runner = RollbackMeanwhile(settings, sessions)
     assert runner.run(job_id) == "rejected"
     with sessions() as session:
         job = jobs.get_job(session, job_id)
@@ -129,21 +128,13 @@ def test_cancel_during_training_stops_within_bounded_steps(job_env, tmp_path):
     settings, sessions, served = job_env
     stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
     job_id = _job(sessions, stripes.id, hparams={**FAST_HPARAMS, "steps": 500})
-    runner = JobRunner(settings, sessions)
-    import worker.pipeline as pipeline
-    original_call = pipeline._Progress.__call__
 
-    def cancel_at_step_3(self, info):
-        original_call(self, info)
+    def cancel_at_step_3(job, info):
         if info.step == 3:
             with sessions() as session:
-                jobs.request_cancel(session, job_id)
+                jobs.request_cancel(session, job)
 
-    pipeline._Progress.__call__ = cancel_at_step_3
-    try:
-        assert runner.run(job_id) == "cancelled"
-    finally:
-        pipeline._Progress.__call__ = original_call
+    assert JobRunner(settings, sessions, on_step=cancel_at_step_3).run(job_id) == "cancelled"
     with sessions() as session:
         job = jobs.get_job(session, job_id)
         assert job.metrics["cancelled_at_step"] <= 3 + FAST_HPARAMS["cancel_check_every"]
@@ -204,22 +195,16 @@ def test_cancel_of_a_job_with_slow_steps_takes_effect_within_seconds(job_env, tm
     stripes = upload(settings, sessions, stripes_zip(), "stripes", tmp_path)
     hparams = {k: v for k, v in FAST_HPARAMS.items() if k != "cancel_check_every"}  # the default
     job_id = _job(sessions, stripes.id, hparams={**hparams, "steps": 100})
-    original_call = pipeline._Progress.__call__
     asked = {}
 
-    def slow_step(self, info):  # a 2-second step, as on a big model
+    def slow_step(job, info):  # a 2-second step, as on a big model
         time.sleep(2.0)
-        original_call(self, info)
         if info.step == 1:
             with sessions() as session:
-                jobs.request_cancel(session, job_id)
+                jobs.request_cancel(session, job)
             asked["at"] = time.monotonic()
 
-    pipeline._Progress.__call__ = slow_step
-    try:
-        assert JobRunner(settings, sessions).run(job_id) == "cancelled"
-    finally:
-        pipeline._Progress.__call__ = original_call
+    assert JobRunner(settings, sessions, on_step=slow_step).run(job_id) == "cancelled"
     assert time.monotonic() - asked["at"] < 10.0
     with sessions() as session:
         assert jobs.get_job(session, job_id).metrics["cancelled_at_step"] <= 2

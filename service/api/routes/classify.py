@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ...classify import Classification
-from records.errors import InvalidRequest, ServiceError
+from records.errors import InvalidRequest, UnsupportedMediaType
 from ...schemas import ClassifyJSON, ClassifyResponse, ImageIn, ImagePrediction, LabelScore
 from .. import API_V1
 from ..deps import ServicesDep, require_inference
@@ -54,10 +54,6 @@ OPENAPI_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
     "application/json": {"schema": _inline_refs(ClassifyJSON.model_json_schema())},
 }}}
-
-
-class UnsupportedMediaType(ServiceError):
-    status_code = 415
 
 
 def _split_labels(values: list[str]) -> list[str] | None:

@@ -18,6 +18,10 @@ from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
 
 router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"])
 
+#: (method, path) of the routes exempt from the request-body cap: the upload streams to disk
+#: under its own cap (ZSCL_MAX_DATASET_BYTES) and the ingestion budgets
+UNCAPPED = frozenset({("POST", f"{API_V1}/datasets")})
+
 DatasetId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
 
 _UPLOAD_DOC = {

@@ -1,7 +1,12 @@
 import base64
 
+from fastapi import Request
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+
 from tests.service.conftest import (ADMIN_KEY, COLOUR_LABELS, INFERENCE_KEY, classify_files,
-                                    make_settings, png_bytes, running_client)
+                                    make_settings, png_bytes, running_client, wait_ready)
 
 
 def _top(response):
@@ -89,6 +94,27 @@ def test_limits(data_dir):
         batch = classify_files(client, *[(f"{i}.png", png_bytes("red")) for i in range(3)], labels="red,blue")
         assert batch.status_code == 422 and "split the batch" in batch.json()["detail"]
 
+
+
+def test_every_body_is_capped_unless_its_route_opts_out(data_dir):
+    """A route added without thinking about limits is still capped; the upload is the opt-out."""
+    app = create_app(make_settings(data_dir, max_upload_bytes=1_000))
+
+    @app.post("/v1/echo")
+    async def echo(request: Request) -> dict:
+        return {"n": len(await request.body())}
+
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.post("/v1/echo", content=b"x" * 900).json() == {"n": 900}
+        big = client.post("/v1/echo", content=b"x" * 1_001)
+        assert big.status_code == 413 and "1000 bytes" in big.json()["detail"]
+        chunked = client.post("/v1/echo", content=iter([b"x" * 600, b"x" * 600]))
+        assert chunked.status_code == 413
+        # the dataset upload streams under its own cap: a 2 kB archive gets past this one
+        upload = client.post("/v1/datasets?name=x", content=b"x" * 2_000,
+                             headers={"content-type": "application/zip"})
+        assert upload.status_code not in (413, 500), upload.text
 
 def test_inference_key(data_dir):
     with running_client(make_settings(data_dir, inference_key=INFERENCE_KEY)) as client:
