@@ -122,7 +122,7 @@ def zero_shot(loaded, data: LabelledImages, templates, device) -> dict[str, floa
     head = build_head(loaded.model, loaded.tokenizer, data.classnames, templates, device=device)
     features, labels = encode_images(loaded.model, data, device=device, batch_size=250)
     cosines = features @ head.to(features.device)
-    scale = float(loaded.model.logit_scale.exp())
+    scale = float(loaded.model.logit_scale.detach().exp())
 
     def ece(s: float) -> float:
         return 100 * expected_calibration_error((s * cosines).softmax(-1), labels)

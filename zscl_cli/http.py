@@ -38,6 +38,9 @@ def request(method: str, url: str, **kwargs):
             detail = response.json().get("detail")
         except ValueError:
             detail = response.text
+        if isinstance(detail, list):  # request validation: one line per field
+            detail = "; ".join(f"{'.'.join(map(str, e.get('loc', [])[1:]))}: {e.get('msg')}"
+                               for e in detail)
         sys.exit(f"HTTP {response.status_code}: {detail}")
     return response
 

@@ -29,3 +29,47 @@ def test_classify_and_models_against_a_live_server(live_url, tmp_path, capsys, m
 def test_client_commands_say_when_no_server_answers(tmp_path):
     with pytest.raises(SystemExit, match="zscl serve"):
         cli.main(["models", "list", "--url", f"http://127.0.0.1:{free_port()}"])
+
+
+def _colour_zip(path, per_class=4):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as zf:
+        for colour in ("red", "blue"):
+            for i in range(per_class):
+                zf.writestr(f"{colour}/{i}.png", png_bytes(colour, size=32 + i))
+    return path
+
+
+def test_monitoring_commands_match_the_api(live_url, tmp_path, capsys, monkeypatch):
+    """dataset upload/list/show/delete, job create/list/show, label-set put/list/show/delete."""
+    monkeypatch.setenv("ZSCL_ADMIN_KEY", ADMIN_KEY)
+    server = ["--url", live_url]
+    assert cli.main(["label-set", "put", "warm", "--labels", "red,blue", *server]) == 0
+    assert "label set warm: 2 labels" in capsys.readouterr().out
+    assert cli.main(["label-set", "list", *server]) == 0
+    assert "warm" in capsys.readouterr().out
+    assert cli.main(["label-set", "show", "warm", *server]) == 0
+    assert '"red"' in capsys.readouterr().out
+    assert cli.main(["label-set", "delete", "warm", *server]) == 0
+    assert "label set warm deleted" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="HTTP 404"):
+        cli.main(["label-set", "show", "warm", *server])
+
+    archive = _colour_zip(tmp_path / "colours.zip")
+    assert cli.main(["dataset", "upload", str(archive), "--name", "colours", *server]) == 0
+    dataset_id = capsys.readouterr().out.split()[1]
+    assert cli.main(["dataset", "show", dataset_id, *server]) == 0
+    shown = capsys.readouterr().out
+    assert dataset_id in shown and "classes: blue, red" in shown
+    assert cli.main(["job", "create", dataset_id, "--set", "steps=3", *server]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    assert cli.main(["job", "list", *server]) == 0
+    assert job_id in capsys.readouterr().out
+    assert cli.main(["job", "show", job_id, *server]) == 0
+    assert f"job {job_id}: queued" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="HTTP 409"):  # a job uses it
+        cli.main(["dataset", "delete", dataset_id, *server])
+    assert cli.main(["job", "cancel", job_id, *server]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="HTTP 404"):
+        cli.main(["job", "show", "0" * 32, *server])
