@@ -5,8 +5,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY zscl_core ./zscl_core
 COPY zscl_bench ./zscl_bench
+COPY records ./records
 COPY service ./service
 COPY worker ./worker
+COPY zscl_cli ./zscl_cli
 RUN pip install '.[postgres]'
 ENV ZSCL_DATA_DIR=/data ZSCL_HOST=0.0.0.0 ZSCL_PORT=8000
 VOLUME ["/data"]

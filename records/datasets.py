@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, NotFound
 from .ingest import delete_dataset, ingest_dataset
-from .tables import Dataset, Job
 from .settings import Settings
+from .tables import Dataset, Job
 
 __all__ = ["add_dataset", "get_dataset", "list_datasets", "set_suite", "delete", "dataset_out"]
 

@@ -15,9 +15,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .tables import utcnow
 from .errors import Conflict, NotFound
-from .tables import TERMINAL_STATES, Job, JobEvent
+from .tables import TERMINAL_STATES, Job, JobEvent, utcnow
 
 __all__ = ["create_job", "get_job", "list_jobs", "add_event", "list_events", "transition",
            "request_cancel", "record_progress", "heartbeat", "reap_stale", "job_summary", "ALLOWED"]

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .tables import LabelSet
 from .errors import NotFound
+from .tables import LabelSet
 
 __all__ = ["put_label_set", "get_label_set", "delete_label_set", "list_label_sets"]
 

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from zscl_core import list_versions as list_saved_versions
 
-from .tables import ModelVersion, ServingPointer, utcnow
 from .errors import UnknownVersion
+from .tables import ModelVersion, ServingPointer, utcnow
 
 __all__ = ["CHANNEL", "UNCONDITIONAL", "register_version", "get_version", "list_registered",
            "get_serving", "activate", "notify", "register_saved_versions"]

@@ -14,15 +14,15 @@ import torch
 from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from records import db
+from records.settings import Settings
 from zscl_core import ZSCLError
 
-from records import db
 from .api.errors import install_error_handlers
 from .api.main import UNCAPPED_ROUTES, api_router, health_router
 from .api.middleware import ServiceMiddleware
 from .bootstrap import ensure_serving
 from .container import Services, build_services
-from records.settings import Settings
 
 __all__ = ["create_app"]
 

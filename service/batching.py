@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from records.errors import QueueFull
+
 from .serving import ServedModel
 
 __all__ = ["MicroBatcher", "Ranked"]

@@ -13,10 +13,9 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from zscl_core import ModelLoadError, load_model, read_manifest, save_version
-
 from records import db, registry
 from records.settings import Settings
+from zscl_core import ModelLoadError, load_model, read_manifest, save_version
 
 __all__ = ["ensure_serving", "materialise_model", "describe_served_model"]
 

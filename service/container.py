@@ -9,11 +9,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from records import db
+from records.settings import Settings
+
 from .batching import MicroBatcher
 from .classify import Classifier, Limits
 from .metrics import Metrics
 from .serving import ModelHolder
-from records.settings import Settings
 
 __all__ = ["Services", "build_services"]
 

@@ -26,10 +26,9 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
-from zscl_core import DEFAULT_TEMPLATES, HeadCache, ZSCLError, build_head, load_version
-
 from records import registry
 from records.errors import NotReady
+from zscl_core import DEFAULT_TEMPLATES, HeadCache, ZSCLError, build_head, load_version
 
 __all__ = ["ServedModel", "load_served", "ModelHolder"]
 

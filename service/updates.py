@@ -9,14 +9,14 @@ from celery import Celery
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from zscl_core import GatePolicy, UpdateConfig
-
 from records import jobs
 from records.datasets import get_dataset
 from records.errors import InvalidRequest, NotReady
-from .job_schemas import GateIn, HParamsIn, JobIn
-from records.tables import Job
 from records.settings import Settings
+from records.tables import Job
+from zscl_core import GatePolicy, UpdateConfig
+
+from .job_schemas import GateIn, HParamsIn, JobIn
 
 __all__ = ["submit_job", "job_settings"]
 

@@ -3,8 +3,7 @@
 Settings are read from the environment here, once, as at every entry point.
 """
 
-from records.settings import Settings
-
 from records.queue import create_celery
+from records.settings import Settings
 
 app = create_celery(Settings())

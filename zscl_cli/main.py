@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .http import call, client_args, load_settings
 from .datasets import add_dataset
+from .http import call, client_args, load_settings
 from .jobs import add_job
 from .label_sets import add_label_set
 from .worker import add_worker, embedded_worker

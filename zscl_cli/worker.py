@@ -13,8 +13,8 @@ __all__ = ["add_worker", "embedded_worker"]
 # -- worker ----------------------------------------------------------------------------------
 
 def cmd_worker(args) -> int:
-    from worker.app import app
     from records.queue import QUEUE
+    from worker.app import app
 
     argv = ["worker", f"--loglevel={args.log_level}", "--concurrency", "1", "--pool", args.pool,
             "--queues", QUEUE, "--without-gossip", "--without-mingle"]

@@ -22,8 +22,15 @@ No web, queue or database code here: the API and the worker call these functions
 
 from ..errors import DatasetTooLarge, UnsafeArchive, UnsupportedUpload
 from .archive import ARCHIVE_CONTENT_TYPES, IngestLimits
-from .store import (IngestedDataset, delete_dataset, evaluation_images, ingest_dataset, load_dataset_dir,
-                    read_dataset, remove_stale_temp_dirs)
+from .store import (
+                    IngestedDataset,
+                    delete_dataset,
+                    evaluation_images,
+                    ingest_dataset,
+                    load_dataset_dir,
+                    read_dataset,
+                    remove_stale_temp_dirs,
+)
 
 __all__ = ["IngestLimits", "IngestedDataset", "DatasetTooLarge", "UnsafeArchive", "UnsupportedUpload",
            "ingest_dataset", "read_dataset", "load_dataset_dir", "evaluation_images", "delete_dataset",

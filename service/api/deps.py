@@ -11,8 +11,9 @@ from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
-from ..container import Services
 from records.errors import Forbidden, Unauthorized
+
+from ..container import Services
 
 __all__ = ["ServicesDep", "SessionDep", "require_admin", "require_inference", "READ_ACCESS",
            "API_KEY_HEADER"]

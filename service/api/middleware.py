@@ -12,6 +12,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from records.errors import PayloadTooLarge
+
 from ..metrics import Metrics
 from ..serving import ModelHolder
 from .errors import error_response, response_for

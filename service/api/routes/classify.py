@@ -11,8 +11,9 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ...classify import Classification
 from records.errors import InvalidRequest, UnsupportedMediaType
+
+from ...classify import Classification
 from ...schemas import ClassifyJSON, ClassifyResponse, ImageIn, ImagePrediction, LabelScore
 from .. import API_V1
 from ..deps import ServicesDep, require_inference

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 
 from records import datasets
 from records.errors import PayloadTooLarge
+
 from ...job_schemas import DatasetOut, SuiteIn
 from .. import API_V1
 from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin

@@ -11,8 +11,9 @@ from fastapi.responses import StreamingResponse
 from starlette.responses import JSONResponse
 
 from records import jobs
-from ...job_schemas import JobEventOut, JobEventsOut, JobIn, JobOut
 from records.tables import TERMINAL_STATES
+
+from ...job_schemas import JobEventOut, JobEventsOut, JobIn, JobOut
 from ...updates import submit_job
 from .. import API_V1
 from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin

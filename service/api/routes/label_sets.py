@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from records import label_sets
+
 from ...classify import check_label_set
 from ...schemas import LabelSetIn, LabelSetOut
 from .. import API_V1

@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from records import registry
 from records.tables import ModelVersion
+
 from ...schemas import ActivateOut, ModelOut, ModelsOut
 from .. import API_V1
 from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
