@@ -32,29 +32,11 @@ from records.ingest import evaluation_images, load_dataset_dir
 from records.label_sets import put_label_set
 from records.settings import Settings
 from records.tables import Dataset, Job, ModelVersion
-from zscl_core import (
-    DEFAULT_TEMPLATES,
-    GatePolicy,
-    GateReport,
-    LoadedModel,
-    PairedScore,
-    ReferenceSet,
-    StepInfo,
-    UnlabelledImages,
-    UpdateCancelled,
-    UpdateConfig,
-    UpdateResult,
-    build_head,
-    correct,
-    default_reference_texts,
-    drift,
-    encode_texts,
-    evaluate_gate,
-    get_method,
-    load_version,
-    run_update,
-    save_version,
-)
+from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, GateReport, LoadedModel, PairedScore,
+                       ReferenceSet, StepInfo, UnlabelledImages, UpdateCancelled, UpdateConfig,
+                       UpdateResult, build_head, correct, default_reference_texts, drift,
+                       encode_texts, evaluate_gate, get_method, load_version, run_update,
+                       save_version)
 from zscl_core.reference import list_images, photo_crops
 
 __all__ = ["JobPlan", "JobRunner", "Progress", "run_job"]

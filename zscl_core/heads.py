@@ -22,12 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from open_clip.hf_model import (
-    ClsLastHiddenStatePooler,
-    ClsPooler,
-    HFTextEncoder,
-    MeanPooler,
-)
+from open_clip.hf_model import (ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder, MeanPooler)
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import text_global_pool
 from torch import nn

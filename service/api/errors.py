@@ -11,20 +11,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from records.errors import (
-    ClientGone,
-    Conflict,
-    DatasetTooLarge,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    NotReady,
-    PayloadTooLarge,
-    QueueFull,
-    Unauthorized,
-    UnsupportedMediaType,
-    UnsupportedUpload,
-)
+from records.errors import (ClientGone, Conflict, DatasetTooLarge, Forbidden, InvalidRequest,
+                            NotFound, NotReady, PayloadTooLarge, QueueFull, Unauthorized,
+                            UnsupportedMediaType, UnsupportedUpload)
 from zscl_core import ConfigError, DatasetError, ModelLoadError, ZSCLError
 
 __all__ = ["STATUS", "install_error_handlers", "error_response", "response_for", "status_for"]
