@@ -1,7 +1,10 @@
+import shutil
+
 import pytest
 import torch
 
-from tests.synthetic import colour_task, write_tiny_config
+from tests.helpers.colour import live_server, make_settings, write_colour_versions
+from tests.helpers.synthetic import colour_task, write_tiny_config
 from zscl_core import LabelledImages, UpdateConfig, load_model, load_version, run_update
 from zscl_core.starter import ensure_starter
 
@@ -51,3 +54,24 @@ def starter_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def starter(starter_dir):
     return load_version(starter_dir)
+
+
+@pytest.fixture(scope="session")
+def colour_versions(tmp_path_factory):
+    """A version store with the two colour models (tests/helpers/colour.py): 'v-colour' (a red
+    image is "red") and 'v-swapped' (a red image is "green"); tests copy it with ``data_dir``."""
+    return write_colour_versions(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture()
+def data_dir(tmp_path, colour_versions):
+    """A fresh data dir whose version store holds the two colour versions."""
+    shutil.copytree(colour_versions / "versions", tmp_path / "versions")
+    return tmp_path
+
+
+@pytest.fixture()
+def live_url(data_dir):
+    """A real uvicorn server of the colour app on a free port, in a thread, ready."""
+    with live_server(make_settings(data_dir)) as url:
+        yield url

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from tests.synthetic import reference_images
+from tests.helpers.synthetic import reference_images
 from zscl_core import UnlabelledImages, drift
 
 TEXTS = ["a photo of red.", "a photo of green.", "a photo of blue.", "a photo of a cat."]

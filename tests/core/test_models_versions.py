@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from tests.synthetic import TINY_CFG, colour_image
+from tests.helpers.synthetic import TINY_CFG, colour_image
 from zscl_core import (ConfigError, ModelLoadError, VersionIntegrityError, build_head, check_template,
                        list_versions, load_model, save_version)
 from zscl_core.versions import WEIGHTS_NAME, read_manifest

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.synthetic import reference_images, stripe_task
+from tests.helpers.synthetic import reference_images, stripe_task
 from zscl_core import (ConfigError, DatasetError, LabelledImages, ReferenceSet, UnlabelledImages,
                        UpdateCancelled, UpdateConfig, accuracy, build_head, encode_texts, run_update,
                        texts_from_classnames)

@@ -2,7 +2,8 @@
 
 One walk through every page, as a user would: bad input first (a wrong admin key, a corrupt
 archive: the API's message on screen, nothing stored), then two uploads, a job watched live to
-its gate report, a rollback to an older version, and a photo of a cat classified by it.
+its gate report, a rollback to an older version, and a photo of a cat classified by it. A second
+test serves a read key (ZSCL_INFERENCE_KEY): the page asks for it once and sends it.
 
 The store holds two versions at start: the colour-pretrained tiny CLIP (served; jobs on it take
 seconds) and the offline starter (older; the one that knows a cat, built once per test session
@@ -24,13 +25,21 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from tests.e2e.conftest import ADMIN_KEY
-from tests.worker.conftest import FAST_HPARAMS, colours_zip, stripes_zip
+from tests.helpers import ADMIN_KEY, INFERENCE_KEY
+from tests.helpers.archives import colours_zip, stripes_zip
+from tests.helpers.colour import live_server, make_settings, png_bytes
+from tests.helpers.synthetic import FAST_HPARAMS
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
+
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the browser fixture says how to install it
+    expect = None
 
 
 @pytest.fixture()
@@ -106,15 +115,32 @@ class Dashboard:
         self.page.fill("#key-input", key)
         self.page.click("#key-ok")
         # the key state changes, then the page draws again with the admin controls
-        self.page.wait_for_function("document.getElementById('key-state').textContent === 'admin'")
+        expect(self.page.locator("#key-state")).to_have_text("admin")
         self.wait_ready(route)
 
-    def upload(self, name: str, body: bytes, filename: str, suite: bool = False) -> None:
-        self.page.set_input_files("#upload-input", files=[{
-            "name": filename, "mimeType": "application/zip", "buffer": body}])
+    def drop(self, selector: str, name: str, mime: str, body: bytes) -> None:
+        """Drag a file from the desktop and drop it on ``selector``."""
+        transfer = self.page.evaluate_handle(
+            """([name, type, bytes]) => {
+                const transfer = new DataTransfer();
+                transfer.items.add(new File([new Uint8Array(bytes)], name, { type }));
+                return transfer;
+            }""", [name, mime, list(body)])
+        self.page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+    def upload(self, name: str, body: bytes, filename: str, suite: bool = False,
+               drop: bool = False) -> None:
+        if drop:
+            self.drop("#upload .drop", filename, "application/zip", body)
+        else:
+            self.page.set_input_files("#upload-input", files=[{
+                "name": filename, "mimeType": "application/zip", "buffer": body}])
         self.page.fill("#upload-name", name)
         self.page.set_checked("#upload-suite", suite)
         self.page.click("#upload-button")
+
+    def progress(self) -> float:
+        return float(self.page.get_attribute("#job-progress [role=progressbar]", "aria-valuenow"))
 
     def shot(self, name: str) -> None:
         self.page.screenshot(path=str(self.folder / f"{name}.png"), full_page=True)
@@ -122,9 +148,12 @@ class Dashboard:
 
 def test_dashboard_walkthrough(stack, browser, screenshots):
     page = browser.new_page(viewport={"width": 1280, "height": 860})
-    page_errors, foreign = [], []
+    page_errors, urls = [], []
     page.on("pageerror", lambda error: page_errors.append(str(error)))
-    page.on("request", lambda r: r.url.startswith((stack.url, "data:", "blob:")) or foreign.append(r.url))
+    # a CSP violation is a console error; so is every 4xx the test provokes (those are expected)
+    page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
+            and page_errors.append(m.text))
+    page.on("request", lambda request: urls.append(request.url))
     ui = Dashboard(page, stack.url, screenshots)
     served_at_start = stack.served()
 
@@ -157,7 +186,7 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     ui.dismiss()
 
     # two uploads through the page: a suite and a task
-    ui.upload("colours", colours_zip(), "colours.zip", suite=True)
+    ui.upload("colours", colours_zip(), "colours.zip", suite=True, drop=True)
     assert ui.notice().startswith("uploaded colours: 4 classes")
     ui.dismiss()
     ui.upload("stripes", stripes_zip(), "stripes.zip")
@@ -177,9 +206,8 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     seen = []
     deadline = time.monotonic() + 300
     while not page.is_visible("#gate-table") and time.monotonic() < deadline:
-        value = page.get_attribute("#job-progress [role=progressbar]", "aria-valuenow")
-        seen.append(float(value))
-        if 0.3 < seen[-1] < 1 and not (screenshots / "job-running.png").exists():
+        seen.append(ui.progress())
+        if 0.3 < seen[-1] < 1 and not any(0.3 < v < 1 for v in seen[:-1]):
             ui.shot("job-running")
         page.wait_for_timeout(100)
     assert page.is_visible("#gate-table"), (seen[-5:], stack.log_tail())
@@ -197,8 +225,23 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     assert page.locator(".gate-chart rect[data-bar='after']").count() == 2
     ui.shot("job")
 
+    # a long job, cancelled from its page once it runs
+    ui.open("datasets")
+    page.click(f"button[data-new-job='{stripes['id']}']")
+    page.fill("#job-hparams", json.dumps({**FAST_HPARAMS, "steps": 5000}))
+    page.click("#job-submit")
+    ui.wait_ready("job")
+    long_id = page.evaluate("location.hash").split("/")[-1]
+    deadline = time.monotonic() + 120
+    while ui.progress() == 0 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    page.click("#cancel-job")
+    expect(page.locator("#job-state")).to_have_text("cancelled", timeout=60_000)
+    assert stack.get_job(long_id)["state"] == "cancelled"
+
     ui.open("jobs")
     assert page.get_attribute(f"tr[data-job='{job_id}']", "data-state") == job["state"]
+    assert page.get_attribute(f"tr[data-job='{long_id}']", "data-state") == "cancelled"
     ui.shot("jobs")
 
     # roll back to the older starter (confirm dialog); the served version changes
@@ -208,8 +251,7 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     assert page.locator("#models-table tbody tr").count() == len(versions) >= 2
     page.click(f"button[data-activate='{starter['id']}']")
     page.click("#confirm-yes")
-    page.wait_for_function("id => document.getElementById('serving-version')?.textContent === id",
-                           arg=starter["id"], timeout=120_000)
+    expect(page.locator("#serving-version")).to_have_text(starter["id"], timeout=120_000)
     assert ui.notice().startswith(f"now serving {starter['id']}")
     assert stack.served() == starter["id"]
     assert page.is_visible(f"tr[data-version='{starter['id']}'] .served-badge")
@@ -217,8 +259,7 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
 
     # a photo of a cat, through the page, answered by the starter
     ui.open("try")
-    page.set_input_files("#try-input", files=[{"name": "chelsea.jpg", "mimeType": "image/jpeg",
-                                               "buffer": cat_jpeg()}])
+    ui.drop("#try-form .drop", "chelsea.jpg", "image/jpeg", cat_jpeg())
     page.fill("#try-labels", "cat, dog, car, airplane")
     page.click("#try-button")
     page.wait_for_selector("#try-version", timeout=60_000)
@@ -227,4 +268,33 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     assert ranked[0] == "cat", ranked
     ui.shot("try")
 
-    assert page_errors == [] and foreign == []
+    assert page_errors == []
+    assert [u for u in urls if not u.startswith((stack.url, "data:", "blob:", "about:"))] == []
+    assert not [u for u in urls if ADMIN_KEY in u or "not-the-admin-key" in u]
+
+
+def test_a_read_key_is_asked_for_once_and_sent_with_every_read(data_dir, browser):
+    with live_server(make_settings(data_dir, inference_key=INFERENCE_KEY)) as url:
+        page = browser.new_page()
+        urls = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.goto(f"{url}/ui/#/models")
+        page.wait_for_selector("body[data-ready='models']")
+        assert page.inner_text("main .error") == "send the inference key in the X-API-Key header"
+        page.click("main button.primary")
+        page.fill("#key-input", INFERENCE_KEY)
+        page.click("#key-ok")
+        expect(page.locator("#key-state")).to_have_text("read key")
+        page.wait_for_selector("tr[data-version='v-colour'] .served-badge")
+        assert not page.is_visible("[data-activate]")  # a read key opens no admin control
+
+        page.click("[data-nav='try']")  # the key is kept: no second prompt
+        page.wait_for_selector("body[data-ready='try']")
+        page.set_input_files("#try-input", files=[{"name": "red.png", "mimeType": "image/png",
+                                                   "buffer": png_bytes("red")}])
+        page.fill("#try-labels", "red, green, blue, yellow")
+        page.click("#try-button")
+        page.wait_for_selector("#try-version")
+        assert page.inner_text("#try-version") == "v-colour"
+        assert page.locator("ol.ranked li").first.get_attribute("data-label") == "red"
+        assert not [u for u in urls if INFERENCE_KEY in u]

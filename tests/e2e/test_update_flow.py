@@ -9,9 +9,10 @@ import threading
 import httpx
 import pytest
 
-from tests.e2e.conftest import wait_until
-from tests.service.conftest import png_bytes
-from tests.worker.conftest import FAST_HPARAMS, colours_zip, stripes_zip
+from tests.helpers.archives import colours_zip, stripes_zip
+from tests.helpers.colour import png_bytes
+from tests.helpers.processes import wait_until
+from tests.helpers.synthetic import FAST_HPARAMS
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from records.errors import QueueFull
 from service.api.errors import response_for
 from records.imaging import preprocess_images
 from service.serving import load_served
-from tests.service.conftest import png_bytes
+from tests.helpers.colour import png_bytes
 
 LABELS = ["red", "green", "blue", "yellow"]
 
@@ -68,7 +68,9 @@ def test_a_lone_request_does_not_wait_for_company(served_pair):
         return result, elapsed
 
     result, elapsed = asyncio.run(scenario())
-    assert elapsed < 2.0
+    # the batcher does not hold a lone request for company: it answers in about 0.01 s, where
+    # waiting for others would take max_wait_s (10 s); half of that is a generous bound
+    assert elapsed < 5.0
     assert LABELS[result[0][0][0]] == "yellow" and len(result[0]) == 2
 
 

@@ -8,7 +8,7 @@ from service.app import create_app
 from service.bootstrap import describe_served_model, ensure_serving
 from records.db import create_all, make_engine, make_session_factory
 from records.settings import Settings
-from tests.synthetic import write_tiny_config
+from tests.helpers.synthetic import write_tiny_config
 from zscl_core import load_model, save_version
 
 

@@ -1,5 +1,6 @@
-"""Two real API processes (`zscl serve`) on one real Redis: pub/sub swaps both within 2 s; a
-process cut off from Redis during a change converges by its periodic reconcile."""
+"""Two real API processes (`zscl serve`) on one real Redis: pub/sub swaps both, long before the
+first one's periodic reconcile would; a process cut off from Redis during a change converges by
+its periodic reconcile."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -19,19 +19,12 @@ import redis
 
 from records import registry
 from records.db import create_all, make_engine, make_session_factory
-from tests.service.conftest import ADMIN_KEY
+from tests.helpers import ADMIN_KEY
+from tests.helpers.processes import REPO, free_port, redis_server, wait_until
 
 # never skipped in CI (.ci/run installs redis-server); elsewhere, skipped without it
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None and not os.environ.get("CI"),
                                 reason="needs redis-server (apt-get install redis-server)")
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cable:
@@ -102,15 +95,6 @@ def served(port: int) -> str | None:
         return None
 
 
-def wait_until(predicate, timeout_s: float, step_s: float = 0.02) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(step_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
-
-
 def swaps(port: int, trigger: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     prefix = f'zscl_model_swaps_total{{trigger="{trigger}"}} '
@@ -119,11 +103,15 @@ def swaps(port: int, trigger: str) -> float:
 
 @pytest.mark.slow
 def test_two_processes_follow_redis_and_reconcile(data_dir, tmp_path):
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
-                                   "--appendonly", "no", "--bind", "127.0.0.1"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cable = Cable(redis_port)
+    with redis_server() as redis_port:
+        cable = Cable(redis_port)
+        try:
+            _follow_redis_and_reconcile(data_dir, tmp_path, redis_port, cable)
+        finally:
+            cable.close()
+
+
+def _follow_redis_and_reconcile(data_dir: Path, tmp_path: Path, redis_port: int, cable: Cable) -> None:
     ports = free_port(), free_port()
     logs = tmp_path / "a.log", tmp_path / "b.log"
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -133,9 +121,9 @@ def test_two_processes_follow_redis_and_reconcile(data_dir, tmp_path):
         procs.append(start_api(data_dir, ports[0], redis_url, 30.0, logs[0]))
         procs.append(start_api(data_dir, ports[1], f"redis://127.0.0.1:{cable.port}/0", 2.0, logs[1]))
         for port in ports:
-            wait_until(lambda p=port: served(p) == "v-colour", 90, 0.2)
+            wait_until(lambda p=port: served(p) == "v-colour", 90, 0.2, f"port {port} serving v-colour")
         probe = redis.Redis(port=redis_port)
-        wait_until(lambda: probe.pubsub_numsub(registry.CHANNEL)[0][1] == 2, 10)  # both subscribed
+        wait_until(lambda: probe.pubsub_numsub(registry.CHANNEL)[0][1] == 2, 10, 0.02, "both subscribed")
         probe.close()
 
         # 1. a worker promotes v-swapped: DB compare-and-swap, then a pub/sub message
@@ -146,7 +134,10 @@ def test_two_processes_follow_redis_and_reconcile(data_dir, tmp_path):
             _, generation = registry.get_serving(session)
         engine.dispose()
         assert registry.notify(redis_url, "v-swapped", generation)
-        wait_until(lambda: all(served(p) == "v-swapped" for p in ports), 2.0)
+        # pub/sub swaps both in well under a second; 10 s is generous, yet a third of A's 30 s
+        # reconcile interval, so A's swap can only be pub/sub's (checked next)
+        wait_until(lambda: all(served(p) == "v-swapped" for p in ports), 10.0, 0.02,
+                   "both serving v-swapped")
         assert swaps(ports[0], "pubsub") == 1  # A's reconcile is 30 s away: pub/sub did it
 
         # 2. B is cut off from Redis; an operator rolls back through A
@@ -155,7 +146,8 @@ def test_two_processes_follow_redis_and_reconcile(data_dir, tmp_path):
                               headers={"X-API-Key": ADMIN_KEY}, timeout=30)
         assert rollback.status_code == 200 and rollback.json()["notified"] is True
         assert served(ports[0]) == "v-colour"
-        wait_until(lambda: served(ports[1]) == "v-colour", 10.0, 0.1)
+        # B hears nothing now: only its reconcile (every 2 s) can bring it back; 30 s is generous
+        wait_until(lambda: served(ports[1]) == "v-colour", 30.0, 0.1, "B back on v-colour")
         assert swaps(ports[1], "reconcile") >= 1
 
         # 3. Ctrl-C stops each process cleanly
@@ -170,6 +162,3 @@ def test_two_processes_follow_redis_and_reconcile(data_dir, tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        cable.close()
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)

@@ -3,10 +3,10 @@
 import time
 
 from records import registry
-from tests.service.conftest import ADMIN_KEY, COLOUR_LABELS, classify_files, png_bytes
+from tests.helpers import ADMIN
+from tests.helpers.colour import COLOUR_LABELS, classify_files, png_bytes
 from zscl_core import DEFAULT_TEMPLATES, HeadCache
 
-ADMIN = {"X-API-Key": ADMIN_KEY}
 COLOURS = COLOUR_LABELS.split(",")
 
 

@@ -7,7 +7,8 @@ import httpx
 
 from records import registry
 from service.app import create_app
-from tests.service.conftest import ADMIN_KEY, COLOUR_LABELS, make_settings, png_bytes
+from tests.helpers import ADMIN_KEY
+from tests.helpers.colour import COLOUR_LABELS, make_settings, png_bytes
 
 # the red image's answer under each version, by construction; a request that mixed one
 # version's image features with the other's text head would answer "blue"

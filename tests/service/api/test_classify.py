@@ -5,8 +5,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 
-from tests.service.conftest import (ADMIN_KEY, COLOUR_LABELS, INFERENCE_KEY, classify_files,
-                                    make_settings, png_bytes, running_client, wait_ready)
+from tests.helpers import ADMIN_KEY, INFERENCE_KEY
+from tests.helpers.colour import (COLOUR_LABELS, classify_files, make_settings, png_bytes, running_client,
+                                  wait_ready)
 
 
 def _top(response):

@@ -1,25 +1,10 @@
 """Dataset upload and job endpoints over HTTP: bad input is a clear 4xx and leaves nothing."""
 
-import io
-import zipfile
-
 import pytest
 
-from tests.service.conftest import ADMIN_KEY
-from tests.service.test_ingest import colour_files, encode, huge_png, stripe_files, zip_info
-from tests.synthetic import stripe_task
-
-ADMIN = {"X-API-Key": ADMIN_KEY}
-
-
-def _zip(files: dict[str, bytes], extra=()) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-        for info, data in extra:
-            zf.writestr(info, data)
-    return buf.getvalue()
+from tests.helpers import ADMIN
+from tests.helpers.archives import colour_files, encode, huge_png, stripe_files, zip_bytes, zip_info
+from tests.helpers.synthetic import stripe_task
 
 
 def _post(client, body: bytes, name="pets", content_type="application/zip", headers=ADMIN, **params):
@@ -39,19 +24,19 @@ def _truncated_jpeg() -> bytes:
 
 
 BAD = {
-    "dotdot": (lambda: _zip({**colour_files(3), "../evil/x.png": encode_any()}), 422, "'..'"),
-    "symlink": (lambda: _zip(colour_files(3), [(zip_info("red/link.png", 0o120777), b"/etc/passwd")]),
+    "dotdot": (lambda: zip_bytes({**colour_files(3), "../evil/x.png": encode_any()}), 422, "'..'"),
+    "symlink": (lambda: zip_bytes(colour_files(3), [(zip_info("red/link.png", 0o120777), b"/etc/passwd")]),
                 422, "link"),
-    "bomb": (lambda: _zip({**colour_files(3), "red/zeros.png": b"\0" * (20 * 1024 * 1024)}), 413,
+    "bomb": (lambda: zip_bytes({**colour_files(3), "red/zeros.png": b"\0" * (20 * 1024 * 1024)}), 413,
              "compress"),
-    "non-image": (lambda: _zip({**colour_files(3), "red/notes.txt": b"hello"}), 422, "notes.txt"),
-    "one-class": (lambda: _zip({k: v for k, v in colour_files(3).items() if k.startswith("red/")}),
+    "non-image": (lambda: zip_bytes({**colour_files(3), "red/notes.txt": b"hello"}), 422, "notes.txt"),
+    "one-class": (lambda: zip_bytes({k: v for k, v in colour_files(3).items() if k.startswith("red/")}),
                   422, "class"),
-    "truncated-jpeg": (lambda: _zip({**colour_files(3), "red/cut.jpg": _truncated_jpeg()}), 422,
+    "truncated-jpeg": (lambda: zip_bytes({**colour_files(3), "red/cut.jpg": _truncated_jpeg()}), 422,
                        "cut.jpg"),
-    "pixel-bomb": (lambda: _zip({**colour_files(3), "red/huge.png": huge_png(100_000, 100_000)}),
+    "pixel-bomb": (lambda: zip_bytes({**colour_files(3), "red/huge.png": huge_png(100_000, 100_000)}),
                    413, "'red/huge.png' has 10000000000 pixels"),
-    "pixel-cap": (lambda: _zip({**colour_files(3), "red/huge.png": huge_png(7000, 7000)}),
+    "pixel-cap": (lambda: zip_bytes({**colour_files(3), "red/huge.png": huge_png(7000, 7000)}),
                   413, "'red/huge.png' has 7000x7000 = 49000000 pixels"),
 }
 
@@ -70,14 +55,14 @@ def test_bad_dataset_upload_is_a_4xx_naming_the_problem(client, data_dir, case):
 
 
 def test_empty_class_folder_is_refused(client, data_dir):
-    body = _zip(colour_files(3), [(zip_info("purple/", 0o40755), b"")])
+    body = zip_bytes(colour_files(3), [(zip_info("purple/", 0o40755), b"")])
     response = _post(client, body)
     assert response.status_code == 422 and "purple" in response.json()["detail"]
     _nothing_stored(client, data_dir)
 
 
 def test_upload_needs_admin_key_and_archive_content_type(client, data_dir):
-    body = _zip(colour_files(3))
+    body = zip_bytes(colour_files(3))
     assert _post(client, body, headers={}).status_code == 401
     assert _post(client, body, headers={"X-API-Key": "wrong-key-123"}).status_code == 403
     response = _post(client, b"just text", content_type="text/plain")
@@ -86,7 +71,7 @@ def test_upload_needs_admin_key_and_archive_content_type(client, data_dir):
 
 
 def test_upload_list_get_dedupe_suite_and_delete(client, data_dir):
-    body = _zip(colour_files(4))
+    body = zip_bytes(colour_files(4))
     first = _post(client, body, name="colours")
     assert first.status_code == 201, first.text
     dataset = first.json()
@@ -107,7 +92,7 @@ def test_upload_list_get_dedupe_suite_and_delete(client, data_dir):
 
 
 def test_bare_test_upload_can_be_a_suite_but_never_trained_on(client, data_dir):
-    first = _post(client, _zip(stripe_files("test", 3, seed=2)), name="stripes-suite")
+    first = _post(client, zip_bytes(stripe_files("test", 3, seed=2)), name="stripes-suite")
     assert first.status_code == 201, first.text
     dataset = first.json()
     assert (dataset["n_train"], dataset["n_test"], dataset["n_eval"]) == (0, 6, 6)
@@ -125,14 +110,14 @@ def test_bare_test_upload_can_be_a_suite_but_never_trained_on(client, data_dir):
 
 
 def test_lone_train_folder_is_refused(client, data_dir):
-    response = _post(client, _zip(stripe_files("train", 3, seed=0)))
+    response = _post(client, zip_bytes(stripe_files("train", 3, seed=0)))
     assert response.status_code == 422
     assert "a train split without a test split can never be evaluated" in response.json()["detail"]
     _nothing_stored(client, data_dir)
 
 
 def test_job_validation_and_unknown_ids(client):
-    dataset = _post(client, _zip(colour_files(4)), name="colours").json()
+    dataset = _post(client, zip_bytes(colour_files(4)), name="colours").json()
     bad = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "hparams": {"lr": 5}},
                       headers=ADMIN)
     assert bad.status_code == 422 and "lr" in bad.json()["detail"]
@@ -173,7 +158,7 @@ def test_job_hparams_and_gate_of_the_wrong_type_are_422_naming_the_field(client,
 
 
 def test_a_short_job_takes_a_short_warmup_but_an_explicit_long_one_is_refused(client):
-    dataset = _post(client, _zip(colour_files(4)), name="colours").json()
+    dataset = _post(client, zip_bytes(colour_files(4)), name="colours").json()
     short = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "hparams": {"steps": 50}},
                         headers=ADMIN)
     assert short.status_code == 202, short.text
@@ -184,7 +169,7 @@ def test_a_short_job_takes_a_short_warmup_but_an_explicit_long_one_is_refused(cl
 
 
 def test_job_create_is_idempotent_cancel_and_events_paginated_and_streamed(client):
-    dataset = _post(client, _zip(colour_files(4)), name="colours").json()
+    dataset = _post(client, zip_bytes(colour_files(4)), name="colours").json()
     body = {"dataset_id": dataset["id"], "hparams": {"steps": 5, "warmup_steps": 1}}
     first = client.post("/v1/jobs", json=body, headers={**ADMIN, "Idempotency-Key": "abc"})
     assert first.status_code == 202, first.text

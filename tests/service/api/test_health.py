@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from records import registry
 from records.db import create_all, make_engine, make_session_factory
-from tests.service.conftest import classify_files, make_settings, png_bytes, wait_ready
+from tests.helpers.colour import classify_files, make_settings, png_bytes, wait_ready
 
 
 def test_readyz_is_503_until_the_served_version_loads(data_dir):

@@ -1,6 +1,4 @@
-from tests.service.conftest import ADMIN_KEY
-
-ADMIN = {"X-API-Key": ADMIN_KEY}
+from tests.helpers import ADMIN
 
 
 def test_label_set_crud(client):

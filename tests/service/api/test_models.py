@@ -1,8 +1,7 @@
 from pathlib import Path
 
-from tests.service.conftest import ADMIN_KEY, classify_files, png_bytes
-
-ADMIN = {"X-API-Key": ADMIN_KEY}
+from tests.helpers import ADMIN
+from tests.helpers.colour import classify_files, png_bytes
 
 
 def test_list_and_get_models(client):

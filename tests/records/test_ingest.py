@@ -5,74 +5,25 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import stat
 import tarfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from records.ingest import (DatasetTooLarge, IngestLimits, UnsafeArchive, UnsupportedUpload,
                             delete_dataset, evaluation_images, ingest_dataset, load_dataset_dir,
                             read_dataset, remove_stale_temp_dirs)
-from tests.synthetic import colour_task, stripe_task
+from tests.helpers.archives import (colour_files, encode, huge_png, stripe_files, tar_info, write_tar,
+                                    write_zip, zip_info)
+from tests.helpers.synthetic import colour_task, stripe_task
 from zscl_core.data import class_name_from_folder
 from zscl_core.errors import ConfigError, DatasetError
 
 LIMITS = IngestLimits()
 MiB = 1 << 20
-
-
-def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def colour_files(n_per_class: int = 5, seed: int = 0, prefix: str = "", fmt: str = "PNG") -> dict[str, bytes]:
-    items, labels, names = colour_task(n_per_class, seed)
-    suffix = ".png" if fmt == "PNG" else ".jpg"
-    return {f"{prefix}{names[label]}/{index}{suffix}": encode(image, fmt)
-            for index, (image, label) in enumerate(zip(items, labels))}
-
-
-def stripe_files(split: str, n_per_class: int, seed: int) -> dict[str, bytes]:
-    items, labels, names = stripe_task(n_per_class, seed)
-    return {f"{split}/{names[label].replace(' ', '_')}/{index}.png": encode(image)
-            for index, (image, label) in enumerate(zip(items, labels))}
-
-
-def write_zip(path, files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = ()):
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-        for info, data in extra:
-            archive.writestr(info, data)
-    return path
-
-
-def write_tar(path, files: dict[str, bytes], extra: list[tarfile.TarInfo] = (), mode: str = "w:gz"):
-    with tarfile.open(path, mode) as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for info in extra:
-            archive.addfile(info)
-    return path
-
-
-def huge_png(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
-    data = encode(Image.new("L", (1, 1)))
-    ihdr = bytearray(data[16:29])
-    ihdr[0:4], ihdr[4:8] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
-    crc = zlib.crc32(b"IHDR" + bytes(ihdr)).to_bytes(4, "big")
-    return data[:16] + bytes(ihdr) + crc + data[33:]
 
 
 def ingest(path, store, limits=LIMITS, content_type="application/zip", filename="data.zip"):
@@ -291,18 +242,6 @@ def test_limits_are_validated():
 
 
 # --- bad uploads: refused, named, nothing stored ----------------------------------------------
-
-
-def zip_info(name: str, mode: int) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = mode << 16
-    return info
-
-
-def tar_info(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    return info
 
 
 def _zip(files, extra=()):

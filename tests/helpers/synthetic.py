@@ -1,4 +1,5 @@
-"""Tiny models and synthetic image tasks for the tests (CPU, fixed seeds, seconds to train)."""
+"""Tiny models, synthetic image tasks and fast hyper-parameters for the tests (CPU, fixed
+seeds, seconds to train)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,9 @@ def reference_images(n: int, seed: int) -> list[Image.Image]:
     """Unlabelled reference images: patches of random colours, from no task's test split."""
     rng = np.random.default_rng(seed)
     return [colour_image(rng, tuple(int(c) for c in rng.integers(0, 256, 3))) for _ in range(n)]
+
+
+# tiny-model hyper-parameters that learn stripes in seconds (see tests/core/test_train.py)
+FAST_HPARAMS = {"steps": 40, "batch_size": 16, "ref_batch_size": 16, "lr": 2e-3, "warmup_steps": 4,
+                "trainable": "image", "l2_weight": 0.0, "ensemble_every": 10,
+                "cancel_check_every": 1}

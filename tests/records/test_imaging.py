@@ -5,8 +5,8 @@ from PIL import Image
 
 from records.errors import InvalidImage, PayloadTooLarge
 from records.imaging import decode_image, preprocess_images
-from tests.service.conftest import png_bytes
-from tests.service.test_ingest import huge_png
+from tests.helpers.archives import huge_png
+from tests.helpers.colour import png_bytes
 
 
 def test_decodes_to_rgb():

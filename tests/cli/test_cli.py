@@ -1,7 +1,9 @@
 import pytest
 
 from zscl_cli import main as cli
-from tests.service.conftest import ADMIN_KEY, free_port, png_bytes
+from tests.helpers import ADMIN_KEY
+from tests.helpers.colour import png_bytes
+from tests.helpers.processes import free_port
 
 
 def test_subcommands_are_registered():
