@@ -20,22 +20,31 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.serve_bench import PRESETS, start_server, stop_server, wait_ready
-
 logger = logging.getLogger("ui_bench")
 
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
+# the tests' tiny CLIP (random weights): the pages read records, the model only has to load
+TINY_CLIP = {"model_cfg": {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}},
+    "preprocess_cfg": {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
+                       "resize_mode": "squash"}}
 PAGES = ("jobs", "job", "models", "datasets", "try")
 TARGET_MS = 1000.0
 METHODS = ("zscl", "zscl", "zscl", "continual_ft", "lwf", "wise_ft")
@@ -45,6 +54,38 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    """`zscl serve` on the seeded store: no worker (every job has ended), no keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSCL_")}
+    env.update({"ZSCL_DATA_DIR": str(data_dir), "ZSCL_PORT": str(port), "ZSCL_START_WORKER": "false",
+                "ZSCL_TORCH_THREADS": "1"})
+    return subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the server did not become ready:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _zip(classes: list[str], per_class: int, seed: int, test: bool = False) -> bytes:
@@ -82,12 +123,18 @@ def _gate_report(rng: random.Random, task, suite, passes: bool) -> tuple[dict, d
     return report.to_dict(), metrics
 
 
+UPLOADS = {"pets": (["cat", "dog", "rabbit", "hamster"], False),
+           "stripes": (["horizontal stripes", "vertical stripes"], False),
+           "cifar-mini": (["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                           "ship", "truck"], True)}
+STEPS = 200
+
+
 def seed_store(settings, n_jobs: int, n_versions: int, tmp: Path) -> dict:
-    """The store the pages will read; returns what the benchmark opens (the newest job)."""
-    from records import db, jobs, registry
+    """The store the pages will read; returns the counts and the newest job (the job page)."""
+    from records import db, registry
     from records.datasets import add_dataset
     from records.label_sets import put_label_set
-    from records.tables import JobEvent
     from service.bootstrap import materialise_model
 
     settings.ensure_dirs()
@@ -96,12 +143,8 @@ def seed_store(settings, n_jobs: int, n_versions: int, tmp: Path) -> dict:
     sessions = db.make_session_factory(engine)
     rng = random.Random(0)
     root = materialise_model(settings)
-    uploads = {"pets": (["cat", "dog", "rabbit", "hamster"], False),
-               "stripes": (["horizontal stripes", "vertical stripes"], False),
-               "cifar-mini": (["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                               "horse", "ship", "truck"], True)}
     datasets = {}
-    for i, (name, (classes, suite)) in enumerate(uploads.items()):
+    for i, (name, (classes, suite)) in enumerate(UPLOADS.items()):
         path = tmp / f"{name}.zip"
         path.write_bytes(_zip(classes, 8, seed=i, test=suite))
         datasets[name], _ = add_dataset(sessions, settings, path, name=name, suite=suite,
@@ -109,48 +152,55 @@ def seed_store(settings, n_jobs: int, n_versions: int, tmp: Path) -> dict:
     with sessions() as session:
         registry.register_version(session, root.name, root, metadata={"source": settings.model})
         registry.activate(session, root.name)
-        for name, (classes, _) in uploads.items():
-            if name != "cifar-mini":
-                put_label_set(session, name, classes, source=f"dataset:{datasets[name].id}")
-        versions, newest_job = [root.name], None
+        for name in ("pets", "stripes"):
+            put_label_set(session, name, UPLOADS[name][0], source=f"dataset:{datasets[name].id}")
+        versions, job_id = [root.name], None
         # n_versions - 1 jobs promote a version, spread over the history; the others are rejected
         promoting = {round(k * n_jobs / (n_versions - 1)) for k in range(n_versions - 1)}
         for i in range(n_jobs):
-            task = datasets["pets" if i % 3 else "stripes"]
-            method = METHODS[i % len(METHODS)]
-            steps = 200
-            job, _ = jobs.create_job(session, dataset_id=task.id, method=method,
-                                     hparams={"steps": steps, "batch_size": 16, "lr": 1e-5},
-                                     gate={"confidence": 0.5})
             parent = versions[-1] if i % 7 else versions[max(0, len(versions) - 3)]  # some branches
-            jobs.transition(session, job.id, "running", base_version=parent)
-            session.add_all(JobEvent(job_id=job.id, kind="progress", data={
-                "step": step, "total": steps, "eta_s": round((steps - step) * 1.2, 1),
-                "losses": {"ce": round(2.0 * 0.985 ** step + 0.1, 5),
-                           "distill_image": round(0.4 * (1 - 0.99 ** step), 5),
-                           "distill_text": round(0.3 * (1 - 0.992 ** step), 5)}})
-                for step in range(4, steps + 1, 4))
-            session.commit()
-            jobs.record_progress(session, job.id, step=steps, total=steps, losses={"ce": 0.2},
-                                 eta_s=0.0, event=False)
-            jobs.transition(session, job.id, "evaluating")
-            passes = i in promoting
-            report, metrics = _gate_report(rng, task, datasets["cifar-mini"], passes)
-            if passes:
-                version = f"{time.strftime('%Y%m%d')}-{i:04d}-{rng.getrandbits(32):08x}"
-                registry.register_version(session, version, settings.versions_dir / version,
-                                          parent=parent,
-                                          metadata={"source": f"job:{job.id}", "method": method,
-                                                    "metrics": metrics, "report": report})
+            job_id, version = _seed_job(session, settings, rng, i, parent,
+                                        datasets["pets" if i % 3 else "stripes"],
+                                        datasets["cifar-mini"], passes=i in promoting)
+            if version:
                 versions.append(version)
-                jobs.transition(session, job.id, "succeeded", candidate_version=version,
-                                metrics=metrics, report=report)
-            else:
-                jobs.transition(session, job.id, "rejected", metrics=metrics, report=report)
-            newest_job = job.id
-        counts = {"jobs": n_jobs, "versions": len(versions), "datasets": len(datasets)}
     engine.dispose()
-    return {"job": newest_job, "root": root, **counts}
+    return {"job": job_id, "jobs": n_jobs, "versions": len(versions), "datasets": len(datasets)}
+
+
+def _seed_job(session, settings, rng: random.Random, index: int, parent: str, task, suite,
+              passes: bool) -> tuple[str, str | None]:
+    """One finished job through the states the worker moves it through, with 50 progress events;
+    a passing one registers its version (a row: no weights). Returns (job id, version or None)."""
+    from records import jobs, registry
+    from records.tables import JobEvent
+
+    method = METHODS[index % len(METHODS)]
+    job, _ = jobs.create_job(session, dataset_id=task.id, method=method,
+                             hparams={"steps": STEPS, "batch_size": 16, "lr": 1e-5},
+                             gate={"confidence": 0.5})
+    jobs.transition(session, job.id, "running", base_version=parent)
+    session.add_all(JobEvent(job_id=job.id, kind="progress", data={
+        "step": step, "total": STEPS, "eta_s": round((STEPS - step) * 1.2, 1),
+        "losses": {"ce": round(2.0 * 0.985 ** step + 0.1, 5),
+                   "kd_image": round(0.4 * (1 - 0.99 ** step), 5),
+                   "kd_text": round(0.3 * (1 - 0.992 ** step), 5)}})
+        for step in range(4, STEPS + 1, 4))
+    session.commit()
+    jobs.record_progress(session, job.id, step=STEPS, total=STEPS, losses={"ce": 0.2}, eta_s=0.0,
+                         event=False)
+    jobs.transition(session, job.id, "evaluating")
+    report, metrics = _gate_report(rng, task, suite, passes)
+    if not passes:
+        jobs.transition(session, job.id, "rejected", metrics=metrics, report=report)
+        return job.id, None
+    version = f"v-{time.strftime('%Y%m%d')}-{index:04d}-{rng.getrandbits(24):06x}"
+    registry.register_version(session, version, settings.versions_dir / version, parent=parent,
+                              metadata={"source": f"job:{job.id}", "method": method,
+                                        "metrics": metrics, "report": report})
+    jobs.transition(session, job.id, "succeeded", candidate_version=version, metrics=metrics,
+                    report=report)
+    return job.id, version
 
 
 def measure(url: str, routes: dict[str, str], loads: int) -> dict[str, dict]:
@@ -169,8 +219,7 @@ def measure(url: str, routes: dict[str, str], loads: int) -> dict[str, dict]:
                     api_calls = []
                     page.on("request", lambda r, calls=api_calls: "/v1/" in r.url and calls.append(r.url))
                     page.goto(f"{url}/ui/#/{route}")
-                    page.wait_for_function("name => document.body.dataset.ready === name", arg=name,
-                                           timeout=30_000)
+                    page.wait_for_selector(f"body[data-ready='{name}']", timeout=30_000)
                     errors = page.locator("main .error").all_inner_texts()
                     if errors:
                         raise SystemExit(f"page {name} shows an error: {errors}")
@@ -201,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zscl-ui-bench-") as tmp:
         tmp = Path(tmp)
         model = tmp / "tiny-clip.json"
-        model.write_text(json.dumps(PRESETS["tiny"]))
+        model.write_text(json.dumps(TINY_CLIP))
         settings = Settings(data_dir=tmp / "data", model=str(model))
         started = time.perf_counter()
         seeded = seed_store(settings, args.jobs, args.versions, tmp)
@@ -210,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         port, log = _free_port(), tmp / "server.log"
         url = f"http://127.0.0.1:{port}"
-        os.environ["ZSCL_START_WORKER"] = "false"  # start_server passes the environment on
-        proc = start_server(settings.data_dir, seeded["root"], port, 1, 32, log)
+        proc = start_server(settings.data_dir, port, log)
         try:
             wait_ready(url, proc, log)
             routes = {"jobs": "jobs", "job": f"jobs/{seeded['job']}", "models": "models",

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -211,7 +212,7 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
             ui.shot("job-running")
         page.wait_for_timeout(100)
     assert page.is_visible("#gate-table"), (seen[-5:], stack.log_tail())
-    assert all(b >= a - 1e-3 for a, b in zip(seen, seen[1:])), f"progress went backwards: {seen}"
+    assert all(b >= a - 1e-3 for a, b in pairwise(seen)), f"progress went backwards: {seen}"
     assert any(0 < v < 1 for v in seen) and len({v for v in seen if 0 < v <= 1}) >= 2, seen
     points = page.get_attribute("polyline[data-loss='ce']", "points").split()
     assert len(points) >= 10
@@ -223,6 +224,9 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     assert "stripes" in first and "new_task" in first
     assert "colours" in gate_rows.nth(1).inner_text()
     assert page.locator(".gate-chart rect[data-bar='after']").count() == 2
+    if job["state"] == "succeeded":  # the header follows the promotion
+        expect(page.locator("#served")).to_have_attribute("data-version", job["candidate_version"],
+                                                          timeout=15_000)
     ui.shot("job")
 
     # a long job, cancelled from its page once it runs

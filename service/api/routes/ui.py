@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-__all__ = ["router", "UI_DIR"]
+__all__ = ["UI_DIR", "router"]
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 

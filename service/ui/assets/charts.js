@@ -1,4 +1,4 @@
-// Two inline-SVG charts, drawn here (no library): loss curves and before/after bars.
+// Inline-SVG charts, drawn here (no library): loss curves and before/after bars.
 
 import { h, s } from "./dom.js";
 
@@ -14,43 +14,44 @@ const label = (value) => (Math.abs(value) >= 100 ? value.toFixed(0)
   : Math.abs(value) >= 1 ? value.toFixed(2) : value.toPrecision(2));
 
 /**
- * Loss curves: one line per loss part. `series` maps a name to [[step, value], ...];
- * `totalSteps` fixes the x axis so a running job's curve grows into it.
+ * Loss curves, one small chart per loss part (each on its own scale: a distillation term can
+ * be a hundred times the cross-entropy). `series` maps a name to [[step, value], ...];
+ * `totalSteps` fixes the x axis, so a running job's curves grow into it.
  */
-export function lossChart(series, totalSteps, { width = 640, height = 240 } = {}) {
+export function lossCharts(series, totalSteps) {
   const names = Object.keys(series).sort();
-  const points = names.flatMap((n) => series[n]);
+  if (!names.length) return h("p", { class: "muted" }, "no progress reported yet");
+  return h("div", { class: "loss-charts" }, names.map((name, i) =>
+    lossChart(name, series[name], totalSteps, PALETTE[i % PALETTE.length])));
+}
+
+function lossChart(name, points, totalSteps, colour, { width = 340, height = 170 } = {}) {
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
-    "aria-label": `loss curves: ${names.join(", ")}` });
-  if (!points.length) {
-    svg.append(s("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "axis" },
-      "no progress yet"));
-    return h("figure", { class: "loss-chart" }, svg);
-  }
+    "aria-label": `loss ${name} by step` });
   const maxX = Math.max(totalSteps || 0, ...points.map((p) => p[0]), 1);
-  let lo = Math.min(0, ...points.map((p) => p[1]));
+  let lo = Math.min(...points.map((p) => p[1]));
   let hi = Math.max(...points.map((p) => p[1]));
-  if (hi === lo) hi = lo + 1;
+  if (hi - lo < 1e-9) {
+    lo -= 0.5;
+    hi += 0.5;
+  }
   const x = (v) => PAD.left + ((width - PAD.left - PAD.right) * v) / maxX;
   const y = (v) => height - PAD.bottom - ((height - PAD.top - PAD.bottom) * (v - lo)) / (hi - lo);
-  for (const t of ticks(lo, hi, 4)) {
+  for (const t of ticks(lo, hi, 3)) {
     svg.append(s("line", { x1: PAD.left, x2: width - PAD.right, y1: y(t), y2: y(t), class: "grid" }),
       s("text", { x: PAD.left - 6, y: y(t) + 4, "text-anchor": "end", class: "axis" }, label(t)));
   }
-  for (const t of ticks(0, maxX, 5)) {
+  for (const t of ticks(0, maxX, 4)) {
     svg.append(s("text", { x: x(t), y: height - 8, "text-anchor": "middle", class: "axis" },
       Math.round(t)));
   }
-  names.forEach((name, i) => {
-    const pts = series[name].map(([a, b]) => `${x(a).toFixed(1)},${y(b).toFixed(1)}`).join(" ");
-    svg.append(s("polyline", { points: pts, fill: "none", stroke: PALETTE[i % PALETTE.length],
-      "stroke-width": 2, "data-loss": name }));
-  });
-  const legend = h("figcaption", { class: "legend" }, names.map((name, i) =>
-    h("span", { class: "legend-item" },
-      swatch(PALETTE[i % PALETTE.length]), `${name} ${label(series[name].at(-1)[1])}`)),
-  h("span", { class: "muted" }, " (loss by step)"));
-  return h("figure", { class: "loss-chart" }, svg, legend);
+  const pts = points.map(([a, b]) => `${x(a).toFixed(1)},${y(b).toFixed(1)}`).join(" ");
+  svg.append(s("polyline", { points: pts, fill: "none", stroke: colour, "stroke-width": 2,
+    "data-loss": name }));
+  const last = points.at(-1);
+  return h("figure", { class: "loss-chart" },
+    h("figcaption", { class: "legend" }, swatch(colour), h("strong", {}, name),
+      h("span", { class: "muted" }, ` ${label(last[1])} at step ${last[0]}`)), svg);
 }
 
 function swatch(colour) {
@@ -63,7 +64,7 @@ export function gateChart(rows, { width = 640, barHeight = 14 } = {}) {
   const rowHeight = barHeight * 2 + 14;
   const left = 160;
   const height = rows.length * rowHeight + 30;
-  const x = (v) => left + ((width - left - 50) * Math.max(0, Math.min(100, v))) / 100;
+  const x = (v) => left + ((width - left - 100) * Math.max(0, Math.min(100, v))) / 100;
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart gate-chart", role: "img",
     "aria-label": "accuracy before and after, per dataset" });
   for (const t of [0, 25, 50, 75, 100]) {

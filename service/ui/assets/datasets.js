@@ -54,7 +54,7 @@ function datasetRow(d, all, formSlot, ctx) {
 
 function uploadPanel(ctx) {
   let file = null;
-  const chosen = h("span", { class: "muted", id: "upload-file" }, "no file chosen");
+  const chosen = h("span", { class: "muted", id: "upload-file" });
   const name = h("input", { type: "text", id: "upload-name", required: true, maxlength: 128,
     pattern: "[A-Za-z0-9_.:\\-]+", placeholder: "name" });
   const suite = h("input", { type: "checkbox", id: "upload-suite" });
@@ -71,7 +71,7 @@ function uploadPanel(ctx) {
       button.disabled = false;
     } });
   const form = h("form", { class: "panel admin-only", id: "upload" }, h("h2", {}, "Upload a dataset"), zone,
-    h("p", {}, chosen),
+    chosen, " ",
     h("label", {}, "Name ", name), h("label", {}, suite, " zero-shot suite (gated, never trained on)"),
     h("label", {}, "Test fraction ", fraction), button);
   form.addEventListener("submit", async (event) => {

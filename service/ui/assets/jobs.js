@@ -3,7 +3,7 @@
 // datasets page).
 
 import { api, followJob } from "./api.js";
-import { gateChart, lossChart } from "./charts.js";
+import { gateChart, lossCharts } from "./charts.js";
 import { TERMINAL, fmtDuration, fmtNumber, fmtSigned, fmtTime, h, notify, progressBar, shortId,
   stateBadge } from "./dom.js";
 
@@ -28,10 +28,10 @@ async function renderList(section, ctx) {
   const formSlot = h("div");
   section.replaceChildren(
     h("div", { class: "page-head" }, h("h1", {}, "Jobs"),
-      h("button", { type: "button", class: "admin-only primary", onclick: async () => {
-        const all = await api("datasets", { signal: ctx.signal });
-        formSlot.replaceChildren(newJobForm(all, null, ctx, () => formSlot.replaceChildren()));
-      } }, "New job…")),
+      h("button", { type: "button", class: "admin-only primary", onclick: () =>
+        api("datasets", { signal: ctx.signal }).then((all) =>
+          formSlot.replaceChildren(newJobForm(all, null, ctx, () => formSlot.replaceChildren())))
+          .catch((error) => ctx.signal.aborted || notify(error.message)) }, "New job…")),
     formSlot,
     h("table", { class: "list", id: "jobs-table" }, h("thead", {}, h("tr", {},
       ["Job", "Dataset", "Method", "State", "Progress", "ETA", "Created", "Result"].map((t) => h("th", {}, t)))),
@@ -69,7 +69,7 @@ function jobRow(job, names) {
 }
 
 function resultText(job) {
-  if (job.state === "succeeded") return h("span", {}, "promoted ", h("code", {}, shortId(job.candidate_version)));
+  if (job.state === "succeeded") return h("span", {}, "promoted ", h("code", {}, job.candidate_version));
   if (job.state === "rejected") return `rejected: ${(job.report.reasons || []).length} reason(s)`;
   if (job.state === "failed") return job.error ? `${job.error.type}` : "failed";
   return "";
@@ -104,7 +104,7 @@ async function renderJob(section, jobId, ctx) {
   };
   history.events.filter((e) => e.kind === "progress").forEach((e) => addProgress(e.data));
 
-  const badge = h("span");
+  const badge = h("span", { id: "job-state" });
   const cancel = h("button", { type: "button", class: "admin-only danger", id: "cancel-job",
     onclick: () => ctx.withAdmin(async () => {
       job = await api(`jobs/${jobId}/cancel`, { method: "POST", admin: true });
@@ -137,7 +137,7 @@ async function renderJob(section, jobId, ctx) {
       h("span", { class: "progress-text" },
         ` step ${job.step} of ${job.total_steps} (${(job.progress * 100).toFixed(0)}%)`,
         TERMINAL.has(job.state) ? "" : ` · ETA ${fmtDuration(job.eta_s)}`));
-    chart.replaceChildren(lossChart(series, job.total_steps));
+    chart.replaceChildren(lossCharts(series, job.total_steps));
     gate.replaceChildren(...gateReport(job));
   }
   draw();
@@ -160,12 +160,18 @@ async function renderJob(section, jobId, ctx) {
           progress: total ? step / total : 0 };
       } else if (event.kind === "state") {
         job = { ...job, state: event.data.state };
+        // started_at, base_version and the like come with a state change: read them
+        api(`jobs/${jobId}`, { signal: ctx.signal }).then((fresh) => {
+          job = fresh.step >= job.step ? fresh
+            : { ...fresh, step: job.step, progress: job.progress, eta_s: job.eta_s };
+          redraw();
+        }).catch(() => {});
       }
       redraw();
     }, ctx.signal).then(async () => {
       job = await api(`jobs/${jobId}`, { signal: ctx.signal }); // the report, the candidate
       draw();
-      ctx.refreshServed();
+      setTimeout(ctx.refreshServed, 1500); // API processes follow a promotion within a second
     }).catch((error) => {
       if (!ctx.signal.aborted) notify(`the job's event stream stopped: ${error.message}`);
     });

@@ -21,7 +21,11 @@ export async function render(section, _args, ctx) {
         modelRow(version, depth, served, ctx)))));
 }
 
-/** Versions depth first from each root, children oldest first: a tree in table rows. */
+/**
+ * Versions depth first from each root, children oldest first: a tree in table rows. A chain of
+ * promotions stays at one indent (each row is the child of the row above it); the indent grows
+ * only where a version has several children, so a branch shows and a long lineage fits.
+ */
 function lineageOrder(versions) {
   const ids = new Set(versions.map((v) => v.id));
   const children = new Map();
@@ -37,7 +41,8 @@ function lineageOrder(versions) {
     const item = stack.pop();
     out.push(item);
     const kids = children.get(item.version.id) || [];
-    for (let i = kids.length - 1; i >= 0; i -= 1) stack.push({ version: kids[i], depth: item.depth + 1 });
+    const depth = item.depth + (item.depth === 0 || kids.length > 1 ? 1 : 0);
+    for (let i = kids.length - 1; i >= 0; i -= 1) stack.push({ version: kids[i], depth });
   }
   return out;
 }
@@ -61,7 +66,7 @@ function metricsText(metrics) {
 
 function modelRow(version, depth, served, ctx) {
   const indent = h("span", { class: "indent" }, depth ? "└ " : "");
-  indent.style.paddingLeft = `${Math.min(depth, 16) * 0.9}em`;
+  indent.style.paddingLeft = `${Math.max(0, Math.min(depth - 1, 12)) * 1.2}em`;
   const rollback = Boolean(served && served.lineage.includes(version.id));
   const action = version.serving ? "" : h("button", { type: "button", class: "admin-only",
     dataset: { activate: version.id },
@@ -72,8 +77,8 @@ function modelRow(version, depth, served, ctx) {
       indent, h("code", {}, version.id)),
     h("td", {}, version.method || "—"),
     h("td", {}, datasetOf(version)),
-    h("td", {}, version.source || "—"),
-    h("td", {}, fmtTime(version.created_at)),
+    h("td", {}, version.source || (version.report || {}).name || "—"),
+    h("td", { class: "nowrap" }, fmtTime(version.created_at)),
     h("td", { class: "small" }, metricsText(version.metrics || {})),
     h("td", {}, version.serving ? h("span", { class: "badge served-badge" }, "served") : ""),
     h("td", {}, action));
