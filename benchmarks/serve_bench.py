@@ -1,13 +1,22 @@
-"""Serving benchmark: /v1/classify over HTTP beside the model's raw batched forward.
+"""Serving benchmark: /v1/classify over HTTP beside the model's raw batched forward and LitServe.
 
-One run, one model, one image size:
-1. raw: the model's batched image forward in-process (batch = the server's max batch size),
-   plus the ranking matmul with a cached head: the ceiling the service can approach;
-2. HTTP: a real `zscl serve` process; clients send one-image multipart requests at concurrency
-   1, 8 and 32; throughput, p50 and p99 latency;
-3. a 1,000-label request: latency on a text-head cache miss (new labels) against a hit.
+One run, one model, one image size, at each concurrency (default 1, 8 and 32):
+1. service: a real `zscl serve` process; clients send one-image multipart requests over
+   keep-alive connections; throughput, p50 and p99 latency;
+2. raw: the model's batched image forward in-process, no HTTP and no decoding (batch = the
+   concurrency, at most the server's max batch size), plus the ranking matmul with a cached head:
+   the ceiling the service can approach; latency is one batch's time;
+3. LitServe: the same model behind LitServe's own dynamic batching (``benchmarks.litserve_peer``:
+   the same loading, decoding, heads and forward as the service, the same max batch size and
+   batch wait), started the same way and measured by the same client;
+4. ratios service/raw and service/LitServe (throughput).
+Each level runs in rounds (``--rounds``) in which the three take turns, so that the load of a
+shared machine falls on them alike; then
+5. a 1,000-label request to the service: latency on a text-head cache miss (new labels) against
+   a hit.
 
     python -m benchmarks.serve_bench                       # the tiny test model
+    python -m benchmarks.serve_bench --model starter       # the offline starter (built first)
     python -m benchmarks.serve_bench --model ViT-B-32      # any ZSCL_MODEL source
 """
 
@@ -19,6 +28,7 @@ import base64
 import io
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -28,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -74,20 +85,34 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def raw_forward(served, image_size: int, batch: int, seconds: float) -> float:
-    """Images per second of the in-process batched forward + ranking, cached head."""
-    pixels = torch.stack([served.preprocess(Image.open(io.BytesIO(_png(image_size, i)))) for i in range(batch)])
+def raw_forward(served, image_size: int, batch: int, seconds: float) -> dict:
+    """The in-process batched forward + ranking with a cached head, for ``seconds``: images done,
+    wall time, and each batch's time as every one of its images' latency."""
+    pixels = torch.stack([served.preprocess(Image.open(io.BytesIO(_png(image_size, i))))
+                          for i in range(batch)])
     head = served.build_head(LABELS, ["a photo of a {}."])
     with torch.inference_mode():
         def step():
             features = served.encode_images(pixels)
             (served.logit_scale * features @ head).softmax(-1).topk(5, dim=-1)
         step()
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds or done < 3:
+        times: list[float] = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds or len(times) < 3:
+            begun = time.perf_counter()
             step()
-            done += 1
-        return done * batch / (time.perf_counter() - started)
+            times.append(time.perf_counter() - begun)
+        return {"images": len(times) * batch, "wall_s": time.perf_counter() - started,
+                "latencies": [t for t in times for _ in range(batch)], "errors": 0}
+
+
+def summarise(parts: list[dict], concurrency: int) -> dict:
+    """One row from the rounds of one level: images over wall time summed, pooled latencies."""
+    latencies = [t for part in parts for t in part["latencies"]]
+    return {"concurrency": concurrency, "images": sum(p["images"] for p in parts),
+            "img_per_s": sum(p["images"] for p in parts) / sum(p["wall_s"] for p in parts),
+            "p50_ms": _percentile(latencies, 50) * 1000, "p99_ms": _percentile(latencies, 99) * 1000,
+            "errors": sum(p["errors"] for p in parts)}
 
 
 def multipart_request(host: str, image: bytes, labels: list[str], top_k: int = 3) -> bytes:
@@ -113,8 +138,9 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def http_level(host: str, port: int, concurrency: int, total: int, requests: list[bytes]) -> dict:
-    """``total`` requests from ``concurrency`` keep-alive connections; a minimal HTTP client so
-    that the load generator, sharing the machine, costs as little CPU as possible."""
+    """``total`` requests from ``concurrency`` keep-alive connections (after one warm-up request
+    each): images done, wall time, latencies, errors. A minimal HTTP client, so that the load
+    generator, sharing the machine, costs as little CPU as possible."""
     latencies: list[float] = []
     errors = 0
     connections = [await asyncio.open_connection(host, port) for _ in range(concurrency)]
@@ -127,7 +153,7 @@ async def http_level(host: str, port: int, concurrency: int, total: int, request
             latencies.append(time.perf_counter() - started)
             errors += status != 200
 
-    await asyncio.gather(*[worker(r, w, range(2)) for r, w in connections])  # warm-up
+    await asyncio.gather(*[worker(r, w, range(1)) for r, w in connections])  # warm-up
     latencies.clear()
     counter = iter(range(total))
     started = time.perf_counter()
@@ -135,8 +161,7 @@ async def http_level(host: str, port: int, concurrency: int, total: int, request
     wall = time.perf_counter() - started
     for _, writer in connections:
         writer.close()
-    return {"concurrency": concurrency, "requests": total, "errors": errors, "img_per_s": total / wall,
-            "p50_ms": _percentile(latencies, 50) * 1000, "p99_ms": _percentile(latencies, 99) * 1000}
+    return {"images": total, "wall_s": wall, "latencies": latencies, "errors": errors}
 
 
 def big_label_latency(url: str, image: bytes, n_labels: int, repeats: int) -> dict:
@@ -162,22 +187,41 @@ def big_label_latency(url: str, image: bytes, n_labels: int, repeats: int) -> di
             "hit_ms": statistics.median(hits) * 1000}
 
 
-def start_server(data_dir: Path, version_dir: Path, port: int, threads: int, batch: int, log: Path) -> subprocess.Popen:
+def start_server(data_dir: Path, version_dir: Path, port: int, threads: int, batch: int,
+                 wait_ms: float, log: Path) -> subprocess.Popen:
     env = {**os.environ, "ZSCL_DATA_DIR": str(data_dir), "ZSCL_MODEL": str(version_dir),
-           "ZSCL_PORT": str(port), "ZSCL_TORCH_THREADS": str(threads), "ZSCL_BATCH_MAX_SIZE": str(batch)}
+           "ZSCL_PORT": str(port), "ZSCL_TORCH_THREADS": str(threads), "ZSCL_BATCH_MAX_SIZE": str(batch),
+           "ZSCL_BATCH_MAX_WAIT_MS": str(wait_ms),
+           # no update jobs here: the embedded worker's start (~3 s of CPU after /readyz) would
+           # land on the first measurements
+           "ZSCL_START_WORKER": "false"}
     env.pop("ZSCL_REDIS_URL", None)
     env.pop("ZSCL_INFERENCE_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
                             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    """Ctrl-C, as a user would; kill it if it has not stopped within 30 s."""
+def start_litserve(version_dir: Path, port: int, threads: int, batch: int, wait_ms: float,
+                   log: Path) -> subprocess.Popen:
+    """The LitServe peer (``benchmarks.litserve_peer``); its own session, so that stopping it
+    reaches its HTTP and inference worker processes too."""
+    command = [sys.executable, "-m", "benchmarks.litserve_peer", str(version_dir), "--port", str(port),
+               "--threads", str(threads), "--batch", str(batch), "--wait-ms", str(wait_ms)]
+    return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop_server(proc: subprocess.Popen, *, group: bool = False) -> None:
+    """Ctrl-C, as a user would; kill it (its process group with ``group``: a server started in
+    a session of its own) if it has not stopped within 30 s."""
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
         proc.wait()
 
 
@@ -185,18 +229,85 @@ def _progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300,
+               path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     raise SystemExit("the server did not become ready")
+
+
+def measure_levels(measurers: dict[str, Callable[[int], dict]], levels: list[int], rounds: int
+                   ) -> dict[str, list[dict]]:
+    """Every measurer at every concurrency, side by side: each level is split into rounds that
+    take the measurers in turn (the order rotating), so that a change in the machine's load
+    falls on all of them alike. ``measurers[name](concurrency)`` measures one round."""
+    rows: dict[str, list[dict]] = {name: [] for name in measurers}
+    for c in levels:
+        parts: dict[str, list[dict]] = {name: [] for name in measurers}
+        for r in range(rounds):
+            names = list(measurers)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                parts[name].append(measurers[name](c))
+        for name in measurers:
+            rows[name].append(summarise(parts[name], c))
+            _progress(f"{name} concurrency {c}: {rows[name][-1]['img_per_s']:.1f} img/s")
+    return rows
+
+
+def start_servers(args, data_dir: Path, version_dir: Path, tmp: Path
+                  ) -> dict[str, tuple[int, subprocess.Popen]]:
+    """The service (and the LitServe peer), each on a free port, ready; stopped on failure."""
+    ports = {"service": _free_port()} | ({"LitServe": _free_port()} if args.litserve else {})
+    procs: dict[str, tuple[int, subprocess.Popen]] = {}
+    try:
+        for name, port in ports.items():
+            log = tmp / f"{name}.log"
+            proc = (start_server(data_dir, version_dir, port, args.threads, args.batch, args.wait_ms, log)
+                    if name == "service" else
+                    start_litserve(version_dir, port, args.threads, args.batch, args.wait_ms, log))
+            procs[name] = (port, proc)
+            wait_ready(f"http://127.0.0.1:{port}", proc, log,
+                       path="/readyz" if name == "service" else "/health")
+    except BaseException:
+        stop_servers(procs)
+        raise
+    return procs
+
+
+def stop_servers(procs: dict[str, tuple[int, subprocess.Popen]]) -> None:
+    for name, (_, proc) in procs.items():
+        stop_server(proc, group=name != "service")
+
+
+def print_report(header: str, rows: dict[str, list[dict]], big: dict | None, args) -> None:
+    titles = {"service": "service /v1/classify (HTTP, one image per request)",
+              "raw": "raw forward, batch = concurrency (in-process: no HTTP, no decoding)",
+              "LitServe": f"LitServe peer /v1/classify (HTTP, max_batch_size {args.batch}, "
+                          f"batch_timeout {args.wait_ms:g} ms)"}
+    print(header)
+    print(f"{'':<22}{'img/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name in ("service", "raw", "LitServe"):
+        if name in rows:
+            print(titles[name])
+            for row in rows[name]:
+                print(f"  concurrency {row['concurrency']:<8}{row['img_per_s']:9.1f}{row['p50_ms']:9.1f}"
+                      f"{row['p99_ms']:9.1f}{row['errors']:8d}")
+    peers = [name for name in ("raw", "LitServe") if name in rows]
+    print(f"{'throughput ratios':<22}" + "".join(f"{'service/' + p:>18}" for p in peers))
+    for i, row in enumerate(rows["service"]):
+        print(f"  concurrency {row['concurrency']:<8}" + "".join(
+            f"{row['img_per_s'] / rows[p][i]['img_per_s']:18.2f}" for p in peers))
+    if big:
+        print(f"{big['labels']}-label request to the service (1 image, 1 template): head cache miss "
+              f"{big['miss_ms']:.1f} ms, hit {big['hit_ms']:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,21 +318,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", type=int, default=0,
-                        help="requests per level (default: 8x concurrency, at least 64)")
-    parser.add_argument("--raw-seconds", type=float, default=3.0)
+                        help="requests per level and server (default: 16x concurrency, at least 96)")
+    parser.add_argument("--raw-seconds", type=float, default=3.0, help="raw forward time per level")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each level is measured in this many rounds, the servers and the raw "
+                             "forward taking turns")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads, both sides (1: steady figures on a shared machine)")
-    parser.add_argument("--batch", type=int, default=32, help="the server's batch_max_size and the raw batch")
+                        help="torch threads, every side (1: steady figures on a shared machine)")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="the servers' max batch size and the largest raw batch")
+    parser.add_argument("--wait-ms", type=float, default=5.0,
+                        help="the servers' batch wait (the service's batch_max_wait_ms, "
+                             "LitServe's batch_timeout)")
+    parser.add_argument("--no-litserve", dest="litserve", action="store_false",
+                        help="skip the LitServe peer")
     parser.add_argument("--big-labels", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
+    from records.settings import Settings
     from service.bootstrap import materialise_model
     from service.serving import load_served
-    from records.settings import Settings
 
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="zscl-bench-") as tmp:
         tmp = Path(tmp)
         model = args.model
@@ -235,43 +358,35 @@ def main(argv: list[str] | None = None) -> int:
         image_size = served.preprocess(Image.new("RGB", (8, 8))).shape[-1]
         images = [_png(image_size, seed) for seed in range(16)]
         header = (f"model {args.model}, image {image_size}x{image_size}, torch threads {args.threads}, "
-                  f"batch {args.batch}, {os.cpu_count()} CPUs")
+                  f"batch {args.batch}, wait {args.wait_ms:g} ms, {os.cpu_count()} CPUs")
         _progress(header)
-        raw_before = raw_forward(served, image_size, args.batch, args.raw_seconds)
-        _progress(f"raw batched forward: {raw_before:.1f} img/s")
 
-        port, log = _free_port(), tmp / "server.log"
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(settings.data_dir, version_dir, port, args.threads, args.batch, log)
-        rows, big = [], None
+        procs = start_servers(args, settings.data_dir, version_dir, tmp)
         try:
-            wait_ready(url, proc, log)
-            requests = [multipart_request(f"127.0.0.1:{port}", image, LABELS) for image in images]
-            for c in (int(c) for c in args.concurrency.split(",")):
-                rows.append(asyncio.run(http_level("127.0.0.1", port, c, args.requests or max(64, 8 * c),
-                                                   requests)))
-                _progress(f"HTTP concurrency {c}: {rows[-1]['img_per_s']:.1f} img/s")
+            def over_http(name: str) -> Callable[[int], dict]:
+                port = procs[name][0]
+                requests = [multipart_request(f"127.0.0.1:{port}", image, LABELS) for image in images]
+                return lambda c: asyncio.run(http_level(
+                    "127.0.0.1", port, c, math.ceil((args.requests or max(96, 16 * c)) / args.rounds),
+                    requests))
+
+            measurers = {"service": over_http("service"),
+                         "raw": lambda c: raw_forward(served, image_size, min(c, args.batch),
+                                                      args.raw_seconds / args.rounds)}
+            if "LitServe" in procs:
+                measurers["LitServe"] = over_http("LitServe")
+            rows = measure_levels(measurers, levels, args.rounds)
+            big = None
             if args.big_labels:
-                big = big_label_latency(url, images[0], args.big_labels, repeats=3)
+                big = big_label_latency(f"http://127.0.0.1:{procs['service'][0]}", images[0],
+                                        args.big_labels, repeats=3)
                 _progress(f"{args.big_labels} labels: {big}")
         finally:
-            stop_server(proc)
-        # measured again afterwards: the machine's load may have changed in between
-        raw_after = raw_forward(served, image_size, args.batch, args.raw_seconds)
-        raw = (raw_before + raw_after) / 2
+            stop_servers(procs)
 
-    print(header)
-    print(f"raw batched forward (in-process): {raw:9.1f} img/s  (before {raw_before:.1f}, after {raw_after:.1f})")
-    print(f"{'HTTP /v1/classify':<20}{'img/s':>9}{'x raw':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for row in rows:
-        print(f"  concurrency {row['concurrency']:<6}{row['img_per_s']:9.1f}{row['img_per_s'] / raw:8.2f}"
-              f"{row['p50_ms']:9.1f}{row['p99_ms']:9.1f}{row['errors']:8d}")
-    if big:
-        print(f"{big['labels']}-label request (1 image, 1 template): head cache miss {big['miss_ms']:.1f} ms, "
-              f"hit {big['hit_ms']:.1f} ms")
+    print_report(header, rows, big, args)
     if args.json:
-        args.json.write_text(json.dumps({"raw_img_per_s": raw, "raw_before": raw_before,
-                                         "raw_after": raw_after, "http": rows, "big_labels": big}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "big_labels": big}, indent=2))
     return 0
 
 
