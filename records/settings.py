@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     queue_max: int = Field(512, gt=0, description="images waiting for inference before 429")
     torch_threads: int | None = Field(None, gt=0)
     head_cache_size: int = Field(128, gt=0)
+    # serve each version's image tower as a frozen TorchScript graph (service.serving)
+    trace_images: bool = True
 
     # hot-swap
     reconcile_interval_s: float = Field(1.0, gt=0)

@@ -8,7 +8,7 @@ from service.batching import MicroBatcher
 from records.errors import QueueFull
 from service.api.errors import response_for
 from records.imaging import preprocess_images
-from service.serving import load_served
+from service.serving import frozen_image_encoder, load_served
 from tests.helpers.colour import png_bytes
 
 LABELS = ["red", "green", "blue", "yellow"]
@@ -100,3 +100,19 @@ def test_probabilities_match_an_unbatched_forward(served_pair):
 
     ranked = asyncio.run(scenario())[0]
     assert torch.allclose(torch.tensor([p for _, p in sorted(ranked)]), expected, atol=1e-6)
+
+
+def test_the_traced_image_encoder_gives_the_eager_features(served_pair):
+    plain, _ = served_pair
+    assert plain.image_graph is not None
+    pixels = torch.rand(5, 3, 32, 32)
+    eager = plain.model.encode_image(pixels, normalize=True)
+    assert torch.allclose(plain.encode_images(pixels), eager, atol=1e-5)
+
+
+def test_a_tower_that_does_not_trace_faithfully_stays_eager():
+    class BatchDependent(torch.nn.Module):  # python arithmetic on the batch size: baked in by tracing
+        def encode_image(self, x, normalize=False):
+            return torch.nn.functional.normalize(x.flatten(1) + int(x.shape[0]), dim=-1)
+
+    assert frozen_image_encoder(BatchDependent(), torch.rand(1, 3, 4, 4)) is None
