@@ -68,7 +68,7 @@ PRESETS = {"tiny": _clip_cfg(32, 8, 64, 2, 64, 2), "small": _clip_cfg(64, 8, 256
 LABELS = ["cat", "dog", "car", "tree", "house", "bird", "boat", "plane", "flower", "person"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -265,7 +265,7 @@ def measure_levels(measurers: dict[str, Callable[[int], dict]], levels: list[int
 def start_servers(args, data_dir: Path, version_dir: Path, tmp: Path
                   ) -> dict[str, tuple[int, subprocess.Popen]]:
     """The service (and the LitServe peer), each on a free port, ready; stopped on failure."""
-    ports = {"service": _free_port()} | ({"LitServe": _free_port()} if args.litserve else {})
+    ports = {"service": free_port()} | ({"LitServe": free_port()} if args.litserve else {})
     procs: dict[str, tuple[int, subprocess.Popen]] = {}
     try:
         for name, port in ports.items():

@@ -21,7 +21,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,9 +29,10 @@ import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
+
+from benchmarks.serve_bench import free_port, wait_ready
 
 logger = logging.getLogger("ui_bench")
 
@@ -50,12 +50,6 @@ TARGET_MS = 1000.0
 METHODS = ("zscl", "zscl", "zscl", "continual_ft", "lwf", "wise_ft")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     """`zscl serve` on the seeded store: no worker (every job has ended), no keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZSCL_")}
@@ -63,20 +57,6 @@ def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
                 "ZSCL_TORCH_THREADS": "1"})
     return subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
                             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the server did not become ready:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -257,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  .. seeded {seeded['jobs']} jobs, {seeded['versions']} versions, "
               f"{seeded['datasets']} datasets in {time.perf_counter() - started:.1f} s",
               file=sys.stderr, flush=True)
-        port, log = _free_port(), tmp / "server.log"
+        port, log = free_port(), tmp / "server.log"
         url = f"http://127.0.0.1:{port}"
         proc = start_server(settings.data_dir, port, log)
         try:
