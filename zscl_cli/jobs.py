@@ -34,7 +34,7 @@ def print_job(job: dict) -> None:
     report = job.get("report") or {}
     rows = report.get("rows", [])
     if rows:
-        print(f"  {'kind':<9} {'dataset':<20} {'before':>6}    {'after':>6} {'delta':>7}  margin")
+        print(f"  {'kind':<9} {'dataset':<20} {'before':>6}    {'after':>6} (delta ± margin, images, id)")
     for row in rows:
         print(f"  {row['kind']:<9} {row['dataset']:<20} {row['before']:6.2f} -> {row['after']:6.2f} "
               f"({row['delta']:+.2f} ± {row.get('margin', 0.0):.2f}, {row.get('n', '?')} images, "
