@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                              "forward taking turns")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, every side (1: steady figures on a shared machine)")
-    parser.add_argument("--batch", type=int, default=32,
-                        help="the servers' max batch size and the largest raw batch")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="the servers' max batch size and the largest raw batch (default: "
+                             "the service's default for the device, ZSCL_BATCH_MAX_SIZE)")
     parser.add_argument("--wait-ms", type=float, default=5.0,
                         help="the servers' batch wait (the service's batch_max_wait_ms, "
                              "LitServe's batch_timeout)")
@@ -339,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from records.settings import Settings
+    if args.batch is None:  # the product's default, as a user gets it
+        args.batch = Settings().max_batch
     from service.bootstrap import materialise_model
     from service.serving import load_served
 

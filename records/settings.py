@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["Settings"]
 
 
+# default micro-batch sizes (see batch_max_size)
+CPU_BATCH = 8
+GPU_BATCH = 32
+
+
 class Settings(BaseSettings):
     """Everything the API (and the worker) needs to know, with safe embedded defaults."""
 
@@ -48,7 +53,9 @@ class Settings(BaseSettings):
                              "on 2 CPU cores with the starter)")
 
     # micro-batching and inference
-    batch_max_size: int = Field(32, gt=0)
+    batch_max_size: int | None = Field(None, gt=0, description="images per forward; default "
+                                       "8 on CPU (where small batches run fastest: 219 vs 115 "
+                                       "img/s for the starter at 8 vs 32), 32 on a GPU")
     batch_max_wait_ms: float = Field(5.0, ge=0)
     queue_max: int = Field(512, gt=0, description="images waiting for inference before 429")
     torch_threads: int | None = Field(None, gt=0)
@@ -143,6 +150,13 @@ class Settings(BaseSettings):
             return self.device
         import torch  # lazy: settings stay cheap to import
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def max_batch(self) -> int:
+        """``batch_max_size``, or the device's default (CPU_BATCH / GPU_BATCH)."""
+        if self.batch_max_size is not None:
+            return self.batch_max_size
+        return CPU_BATCH if self.torch_device == "cpu" else GPU_BATCH
 
     def ensure_dirs(self) -> None:
         self.versions_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def build_services(settings: Settings) -> Services:
                          on_swap=metrics.on_swap,
                          on_failure=lambda version, exc: metrics.swap_failures.inc(),
                          on_head_built=metrics.on_head_built)
-    batcher = MicroBatcher(max_size=settings.batch_max_size,
+    batcher = MicroBatcher(max_size=settings.max_batch,
                            max_wait_s=settings.batch_max_wait_ms / 1000,
                            queue_max=settings.queue_max, on_batch=metrics.batch_size.observe)
     metrics.watch(holder.heads, lambda: batcher.depth)
