@@ -5,9 +5,10 @@ the same multipart requests. It serves ``POST /v1/classify`` (fields ``images``,
 comma-separated, ``templates``, ``top_k``) with what the service runs per request: the version
 loaded and warmed by ``service.serving.load_served``, images decoded by
 ``records.imaging.preprocess_images`` with the version's preprocessing, text heads from a
-``zscl_core.HeadCache``, one batched ``ServedModel.encode_images`` per batch and the same
-softmax ranking. LitServe does the rest: HTTP (its own uvicorn process), the queue and the
-dynamic batching (``max_batch_size``, ``batch_timeout``), in its inference worker process.
+``zscl_core.HeadCache``, one batched ``ServedModel.encode_images`` per batch and the service's
+ranking (``service.batching.rank``). LitServe does the rest: HTTP (its own uvicorn process), the
+queue and the dynamic batching (``max_batch_size``, ``batch_timeout``), in its inference worker
+process.
 
     python -m benchmarks.litserve_peer VERSION_DIR --port 8001 [--threads 1] [--batch 32]
                                        [--wait-ms 5]
@@ -26,6 +27,7 @@ import litserve as ls
 import torch
 
 from records.imaging import preprocess_images
+from service.batching import rank
 from service.serving import load_served
 from zscl_core import DEFAULT_TEMPLATES, HeadCache
 
@@ -70,9 +72,7 @@ class ClassifyAPI(ls.LitAPI):
         start = 0
         for job in jobs:
             stop = start + len(job["pixels"])
-            probs = (self.served.logit_scale * features[start:stop] @ job["head"]).softmax(dim=-1)
-            values, indices = probs.topk(min(job["top_k"], probs.shape[-1]), dim=-1)
-            job["ranked"] = [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+            job["ranked"] = rank(self.served, features[start:stop], job["head"], job["top_k"])
             start = stop
         return jobs
 

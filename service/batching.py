@@ -21,7 +21,7 @@ from records.errors import QueueFull
 
 from .serving import ServedModel
 
-__all__ = ["MicroBatcher", "Ranked"]
+__all__ = ["MicroBatcher", "Ranked", "rank"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class _Job:
     future: asyncio.Future
 
 
-def _rank(served: ServedModel, features: torch.Tensor, head: torch.Tensor, top_k: int) -> Ranked:
+def rank(served: ServedModel, features: torch.Tensor, head: torch.Tensor, top_k: int) -> Ranked:
+    """The ``top_k`` labels of each image, by the served model's scaled-cosine softmax."""
     probs = (served.logit_scale * features @ head.to(features.device)).softmax(dim=-1)
     values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices.cpu(), values.cpu())]
@@ -56,7 +57,7 @@ def run_batch(jobs: list[_Job]) -> list[Ranked | BaseException]:
             start = 0
             for job in group:
                 stop = start + len(job.pixels)
-                results[id(job)] = _rank(served, features[start:stop], job.head, job.top_k)
+                results[id(job)] = rank(served, features[start:stop], job.head, job.top_k)
                 start = stop
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these jobs only
             logger.exception("inference failed for a batch of %d jobs", len(group))

@@ -185,7 +185,7 @@ class ModelHolder:
             return False
         templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
         return self.heads.warm(HeadCache.key(served.version, classnames, templates),
-                               lambda: self._build_head(served, classnames, templates, "label_set"))
+                               partial(self._build_head, served, classnames, templates, "label_set"))
 
     def _build_head(self, served: ServedModel, classnames, templates, cause: str,
                     should_stop=None) -> torch.Tensor:
