@@ -27,6 +27,8 @@ import litserve as ls
 import torch
 
 from records.imaging import preprocess_images
+from records.runtime import tune_process
+from records.settings import Settings
 from service.batching import rank
 from service.serving import load_served
 from zscl_core import DEFAULT_TEMPLATES, HeadCache
@@ -47,7 +49,8 @@ class ClassifyAPI(ls.LitAPI):
         self.threads = threads
 
     def setup(self, device) -> None:
-        torch.set_num_threads(self.threads)
+        # the inference worker process runs under the service's settings, as the raw forward does
+        tune_process(torch_threads=self.threads, tune_malloc=Settings().tune_malloc)
         self.served = load_served(self.version_dir, self.version_dir.name, 1, "cpu")
         self.heads = HeadCache()
 

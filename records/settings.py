@@ -54,11 +54,13 @@ class Settings(BaseSettings):
 
     # micro-batching and inference
     batch_max_size: int | None = Field(None, gt=0, description="images per forward; default "
-                                       "8 on CPU (where small batches run fastest: 219 vs 115 "
-                                       "img/s for the starter at 8 vs 32), 32 on a GPU")
+                                       "8 on CPU (where small batches run fastest, and leave "
+                                       "room to pipeline), 32 on a GPU")
     batch_max_wait_ms: float = Field(5.0, ge=0)
     queue_max: int = Field(512, gt=0, description="images waiting for inference before 429")
     torch_threads: int | None = Field(None, gt=0)
+    tune_malloc: bool = Field(True, description="keep freed memory in glibc's heap instead of "
+                              "returning it after every forward (records.runtime)")
     head_cache_size: int = Field(128, gt=0)
     # serve each version's image tower as a frozen TorchScript graph (service.serving)
     trace_images: bool = True

@@ -10,11 +10,11 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
-import torch
 from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from records import db
+from records.runtime import tune_process
 from records.settings import Settings
 from zscl_core import ZSCLError
 
@@ -115,8 +115,8 @@ def _log_failure(task: asyncio.Task) -> None:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
-    if services.settings.torch_threads:
-        torch.set_num_threads(services.settings.torch_threads)
+    settings = services.settings
+    tune_process(torch_threads=settings.torch_threads, tune_malloc=settings.tune_malloc)
     services.batcher.start()
     serving = asyncio.create_task(_start_serving(services), name="zscl-serving")
     serving.add_done_callback(_log_failure)

@@ -1,18 +1,22 @@
 """Dynamic micro-batching: concurrent classify requests share one image forward pass.
 
-Requests put their preprocessed images in a queue. One collector takes the first waiting job,
-then keeps adding jobs until the batch holds ``max_size`` images, ``max_wait_s`` has passed, or
-nobody else is on the way (so a lone request never waits for company). The batch runs on a
-single inference thread, off the event loop; while it runs the next batch gathers. Jobs of
-different model versions (during a swap) are encoded separately, each by its own model.
+Requests put their preprocessed images in a queue. One inference thread takes the first waiting
+job, then keeps adding jobs until the batch holds ``max_size`` images, ``max_wait_s`` has passed,
+or nobody else is on the way (so a lone request never waits for company); it runs the batch and
+hands each request its answer, then gathers the next batch itself. The event loop only queues
+jobs and receives answers: a busy loop (parsing HTTP for many connections) never leaves the
+model idle between batches. Jobs of different model versions (during a swap) are encoded
+separately, each by its own model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -32,9 +36,7 @@ Ranked = list[list[tuple[int, float]]]  # per image: (class index, probability),
 class _Job:
     served: ServedModel
     pixels: torch.Tensor  # (n, 3, H, W)
-    head: torch.Tensor    # (dim, classes), built by the same ``served``
-    top_k: int
-    future: asyncio.Future
+    future: asyncio.Future  # the images' features, (n, dim)
 
 
 def rank(served: ServedModel, features: torch.Tensor, head: torch.Tensor, top_k: int) -> Ranked:
@@ -44,26 +46,37 @@ def rank(served: ServedModel, features: torch.Tensor, head: torch.Tensor, top_k:
     return [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices.cpu(), values.cpu())]
 
 
-def run_batch(jobs: list[_Job]) -> list[Ranked | BaseException]:
-    """Encode the jobs' images (one forward per model version) and rank each job's labels."""
-    results: dict[int, Ranked | BaseException] = {}
+def run_batch(jobs: list[_Job]) -> list[torch.Tensor | BaseException]:
+    """Encode the jobs' images, one forward per model version: each job's image features.
+
+    Only the forward runs here, on the inference thread; each request ranks its own labels
+    (:func:`rank`, under a millisecond) when its features arrive. Every small torch call on
+    this thread lets go of Python's lock and must win it back from the threads parsing HTTP,
+    so the fewer it makes, the less the model idles."""
+    results: dict[int, torch.Tensor | BaseException] = {}
     by_model: dict[int, list[_Job]] = {}
     for job in jobs:
         by_model.setdefault(id(job.served), []).append(job)
     for group in by_model.values():
-        served = group[0].served
         try:
-            features = served.encode_images(torch.cat([job.pixels for job in group]))
-            start = 0
-            for job in group:
-                stop = start + len(job.pixels)
-                results[id(job)] = rank(served, features[start:stop], job.head, job.top_k)
-                start = stop
+            features = group[0].served.encode_images(torch.cat([job.pixels for job in group]))
+            for job, part in zip(group, features.split([len(job.pixels) for job in group])):
+                results[id(job)] = part
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these jobs only
             logger.exception("inference failed for a batch of %d jobs", len(group))
             for job in group:
                 results[id(job)] = exc
     return [results[id(job)] for job in jobs]
+
+
+def _settle(jobs: list[_Job], results: list[torch.Tensor | BaseException]) -> None:
+    for job, result in zip(jobs, results):
+        if job.future.done():  # the client went away
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
 
 
 class MicroBatcher:
@@ -73,7 +86,7 @@ class MicroBatcher:
         max_size: most images in one forward pass.
         max_wait_s: longest a job waits for others to join its batch.
         queue_max: most images waiting; beyond it ``submit`` raises :class:`QueueFull` (429).
-        on_batch: called with each batch's image count (metrics).
+        on_batch: called with each batch's image count (metrics), on the inference thread.
     """
 
     def __init__(self, *, max_size: int, max_wait_s: float, queue_max: int,
@@ -82,11 +95,13 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.queue_max = queue_max
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._cond = threading.Condition()  # guards the queue and the two counts below
+        self._queue: deque[_Job] = deque()
         self._waiting_images = 0
         self._incoming = 0  # requests decoding their images: more work is on the way
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zscl-infer")
-        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def depth(self) -> int:
@@ -94,27 +109,39 @@ class MicroBatcher:
         return self._waiting_images
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._collect(), name="zscl-batcher")
+        """Start the inference thread; answers go to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="zscl-infer", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._executor.shutdown(wait=True)
+        """Stop after the batch in progress; jobs still queued are cancelled."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        with self._cond:
+            left, self._queue = list(self._queue), deque()
+            self._waiting_images = 0
+        for job in left:
+            job.future.cancel()
 
     def admit(self, n_images: int) -> None:
         """Reserve room for a request's images before it decodes them; 429 when full."""
-        if self._waiting_images + self._incoming + n_images > self.queue_max:
-            raise QueueFull(f"the inference queue is full ({self.queue_max} images waiting); "
-                            f"retry after the Retry-After delay or send smaller batches")
-        self._incoming += n_images
+        with self._cond:
+            if self._waiting_images + self._incoming + n_images > self.queue_max:
+                raise QueueFull(f"the inference queue is full ({self.queue_max} images waiting); "
+                                f"retry after the Retry-After delay or send smaller batches")
+            self._incoming += n_images
 
     def release(self, n_images: int) -> None:
         """Give back a reservation whose images will not be submitted (e.g. a corrupt file)."""
-        self._incoming -= n_images
+        with self._cond:
+            self._incoming -= n_images
+            self._cond.notify_all()  # a batch waiting for these images need not wait longer
 
     async def submit(self, served: ServedModel, pixels: torch.Tensor, head: torch.Tensor,
                      top_k: int) -> Ranked:
@@ -122,46 +149,47 @@ class MicroBatcher:
 
         Call :meth:`admit` first with ``len(pixels)``.
         """
+        if self._thread is None:
+            raise RuntimeError("the batcher is not started")
         n = len(pixels)
-        self._incoming -= n
-        self._waiting_images += n
-        job = _Job(served, pixels, head, top_k, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(job)
-        return await job.future
+        job = _Job(served, pixels, asyncio.get_running_loop().create_future())
+        with self._cond:
+            self._incoming -= n
+            self._waiting_images += n
+            self._queue.append(job)
+            self._cond.notify_all()
+        features = await job.future
+        return rank(served, features, head, top_k)  # here, not on the inference thread
 
-    async def _gather(self) -> list[_Job]:
-        loop = asyncio.get_running_loop()
-        first = await self._queue.get()
-        batch, size = [first], len(first.pixels)
-        deadline = loop.time() + self.max_wait_s
-        while size < self.max_size:
-            if self._queue.empty():
-                remaining = deadline - loop.time()
+    def _gather(self) -> list[_Job] | None:
+        """The next batch (None when stopping), under the lock, on the inference thread."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            first = self._queue.popleft()
+            batch, size = [first], len(first.pixels)
+            deadline = time.monotonic() + self.max_wait_s
+            while size < self.max_size and not self._stopping:
+                if self._queue:
+                    job = self._queue.popleft()
+                    batch.append(job)
+                    size += len(job.pixels)
+                    continue
+                remaining = deadline - time.monotonic()
                 if self._incoming <= 0 or remaining <= 0:
                     break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                job = self._queue.get_nowait()
-            batch.append(job)
-            size += len(job.pixels)
-        return batch
+                self._cond.wait(remaining)
+            self._waiting_images -= size
+            return batch
 
-    async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather()
-            images = sum(len(job.pixels) for job in batch)
-            self._waiting_images -= images
+    def _serve(self) -> None:
+        while (batch := self._gather()) is not None:
             if self._on_batch:
-                self._on_batch(images)
-            results = await loop.run_in_executor(self._executor, run_batch, batch)
-            for job, result in zip(batch, results):
-                if job.future.done():  # the client went away
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+                self._on_batch(sum(len(job.pixels) for job in batch))
+            results = run_batch(batch)
+            try:
+                self._loop.call_soon_threadsafe(_settle, batch, results)
+            except RuntimeError:  # the loop has closed: nobody is waiting
+                return

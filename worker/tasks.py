@@ -28,11 +28,11 @@ def _runner():
 
 
 @worker_process_init.connect
-def _threads(**_kwargs) -> None:
+def _tune(**_kwargs) -> None:
+    from records.runtime import tune_process
+
     settings = current_app.conf.zscl_settings
-    if settings.torch_threads:
-        import torch
-        torch.set_num_threads(settings.torch_threads)
+    tune_process(torch_threads=settings.torch_threads, tune_malloc=settings.tune_malloc)
 
 
 @worker_ready.connect

@@ -1,4 +1,5 @@
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -8,7 +9,7 @@ from service.batching import MicroBatcher
 from records.errors import QueueFull
 from service.api.errors import response_for
 from records.imaging import preprocess_images
-from service.serving import frozen_image_encoder, load_served
+from service.serving import ServedModel, frozen_image_encoder, load_served
 from tests.helpers.colour import png_bytes
 
 LABELS = ["red", "green", "blue", "yellow"]
@@ -116,3 +117,57 @@ def test_a_tower_that_does_not_trace_faithfully_stays_eager():
             return torch.nn.functional.normalize(x.flatten(1) + int(x.shape[0]), dim=-1)
 
     assert frozen_image_encoder(BatchDependent(), torch.rand(1, 3, 4, 4)) is None
+
+
+def test_batches_run_while_the_event_loop_is_busy(served_pair):
+    """The inference thread gathers its next batch itself: a loop busy parsing HTTP (here:
+    blocked outright) does not leave the model idle between batches."""
+    plain, _ = served_pair
+    batch_sizes = []
+
+    async def scenario():
+        batcher = MicroBatcher(max_size=1, max_wait_s=0.0, queue_max=10,
+                               on_batch=batch_sizes.append)
+        batcher.start()
+        colours = ["red", "green", "blue"]
+        batcher.admit(len(colours))
+        waiting = [asyncio.ensure_future(batcher.submit(plain, *_job(plain, c), top_k=1))
+                   for c in colours]
+        await asyncio.sleep(0)  # the submits queue their jobs
+        time.sleep(1.0)  # the loop is blocked: no coroutine or callback runs
+        ran_while_blocked = len(batch_sizes)
+        results = await asyncio.gather(*waiting)
+        await batcher.stop()
+        return ran_while_blocked, results
+
+    ran_while_blocked, results = asyncio.run(scenario())
+    # three one-image forwards of the colour model take milliseconds; a batcher driven by the
+    # event loop would have started at most one of them during the blocked second
+    assert ran_while_blocked == 3
+    assert [LABELS[r[0][0][0]] for r in results] == ["red", "green", "blue"]
+
+
+class _SlowServed(ServedModel):
+    def encode_images(self, pixels):
+        time.sleep(0.3)
+        return super().encode_images(pixels)
+
+
+def test_stopping_cancels_the_jobs_still_queued(served_pair):
+    plain, _ = served_pair
+    slow = _SlowServed(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)})
+
+    async def scenario():
+        batcher = MicroBatcher(max_size=1, max_wait_s=0.0, queue_max=10)
+        batcher.start()
+        batcher.admit(3)
+        jobs = [asyncio.ensure_future(batcher.submit(slow, *_job(plain, c), top_k=1))
+                for c in ("red", "green", "blue")]
+        await asyncio.sleep(0.1)  # the first job's forward is under way
+        await batcher.stop()  # finishes that forward, then cancels what is left
+        await asyncio.sleep(0)
+        return jobs, batcher.depth
+
+    (first, *rest), depth = asyncio.run(scenario())
+    assert LABELS[first.result()[0][0][0]] == "red"
+    assert all(job.cancelled() for job in rest) and depth == 0
