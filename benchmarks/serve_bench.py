@@ -329,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", type=int, default=0,
-                        help="requests per level and server (default: 16x concurrency, at least 96)")
-    parser.add_argument("--raw-seconds", type=float, default=3.0, help="raw forward time per level")
+                        help="requests per level and server (default: 48x concurrency, at least "
+                             "192: rounds of seconds, so that filling and draining the pipeline "
+                             "at a round's start and end weigh little)")
+    parser.add_argument("--raw-seconds", type=float, default=6.0, help="raw forward time per level")
     parser.add_argument("--rounds", type=int, default=3,
                         help="each level is measured in this many rounds, the servers and the raw "
                              "forward taking turns")
@@ -383,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 port = procs[name][0]
                 requests = [multipart_request(f"127.0.0.1:{port}", image, LABELS) for image in images]
                 return lambda c: asyncio.run(http_level(
-                    "127.0.0.1", port, c, math.ceil((args.requests or max(96, 16 * c)) / args.rounds),
+                    "127.0.0.1", port, c, math.ceil((args.requests or max(192, 48 * c)) / args.rounds),
                     requests))
 
             measurers = {"service": over_http("service"),
