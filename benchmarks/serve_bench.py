@@ -9,7 +9,8 @@ One run, one model, one image size, at each concurrency (default 1, 8 and 32):
 3. LitServe: the same model behind LitServe's own dynamic batching (``benchmarks.litserve_peer``:
    the same loading, decoding, heads and forward as the service, the same max batch size and
    batch wait), started the same way and measured by the same client;
-4. ratios service/raw and service/LitServe (throughput).
+4. ratios service/raw and service/LitServe (throughput), and the service process's page faults
+   per image (Linux), which show whether its allocator reuses memory (``records.runtime``).
 Each level runs in rounds (``--rounds``) in which the three take turns, so that the load of a
 shared machine falls on them alike; then
 5. a 1,000-label request to the service: latency on a text-head cache miss (new labels) against
@@ -18,6 +19,7 @@ shared machine falls on them alike; then
     python -m benchmarks.serve_bench                       # the tiny test model
     python -m benchmarks.serve_bench --model starter       # the offline starter (built first)
     python -m benchmarks.serve_bench --model ViT-B-32      # any ZSCL_MODEL source
+    python -m benchmarks.serve_bench --model starter --no-tune-malloc   # glibc's malloc defaults
 """
 
 from __future__ import annotations
@@ -123,7 +125,18 @@ def summarise(parts: list[dict], concurrency: int) -> dict:
     return {"concurrency": concurrency, "images": sum(p["images"] for p in parts),
             "img_per_s": sum(p["images"] for p in parts) / sum(p["wall_s"] for p in parts),
             "p50_ms": _percentile(latencies, 50) * 1000, "p99_ms": _percentile(latencies, 99) * 1000,
-            "errors": sum(p["errors"] for p in parts)}
+            "errors": sum(p["errors"] for p in parts),
+            "faults_per_image": (sum(p["faults"] for p in parts) / sum(p["images"] for p in parts)
+                                 if all("faults" in p for p in parts) else None)}
+
+
+def minor_faults(pid: int) -> int | None:
+    """The page faults a process has taken without disk I/O (Linux: /proc/PID/stat), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[7])  # minflt, the 10th field of stat(5); the split starts at the 3rd
 
 
 def multipart_request(host: str, image: bytes, labels: list[str], top_k: int = 3) -> bytes:
@@ -316,6 +329,10 @@ def print_report(header: str, rows: dict[str, list[dict]], big: dict | None, arg
     for i, row in enumerate(rows["service"]):
         print(f"  concurrency {row['concurrency']:<8}" + "".join(
             f"{row['img_per_s'] / rows[p][i]['img_per_s']:18.2f}" for p in peers))
+    faults = [row["faults_per_image"] for row in rows["service"]]
+    if None not in faults:
+        print("service page faults per image (/proc): " + ", ".join(
+            f"{f:.0f} at concurrency {row['concurrency']}" for f, row in zip(faults, rows["service"])))
     if big:
         print(f"{big['labels']}-label request to the service (1 image, 1 template): head cache miss "
               f"{big['miss_ms']:.1f} ms, hit {big['hit_ms']:.1f} ms")
@@ -346,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                              "LitServe's batch_timeout)")
     parser.add_argument("--no-litserve", dest="litserve", action="store_false",
                         help="skip the LitServe peer")
+    parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=None,
+                        help="leave glibc's malloc at its defaults on every side (the service "
+                             "keeps freed memory by default, records.runtime)")
     parser.add_argument("--big-labels", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -353,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from records.runtime import tune_process
     from records.settings import Settings
+    if args.tune_malloc is None:
+        args.tune_malloc = Settings().tune_malloc
+    os.environ["ZSCL_TUNE_MALLOC"] = str(args.tune_malloc).lower()  # the servers read it
     # the raw forward runs under the service's process settings: an honest ceiling
-    tune_process(torch_threads=args.threads, tune_malloc=Settings().tune_malloc)
+    tune_process(torch_threads=args.threads, tune_malloc=args.tune_malloc)
     if args.batch is None:  # the product's default, as a user gets it
         args.batch = Settings().max_batch
     from service.bootstrap import materialise_model
@@ -376,17 +399,26 @@ def main(argv: list[str] | None = None) -> int:
         image_size = served.preprocess(Image.new("RGB", (8, 8))).shape[-1]
         images = [_png(image_size, seed) for seed in range(16)]
         header = (f"model {args.model}, image {image_size}x{image_size}, torch threads {args.threads}, "
-                  f"batch {args.batch}, wait {args.wait_ms:g} ms, {os.cpu_count()} CPUs")
+                  f"batch {args.batch}, wait {args.wait_ms:g} ms, malloc tuned {args.tune_malloc}, "
+                  f"{os.cpu_count()} CPUs")
         _progress(header)
 
         procs = start_servers(args, settings.data_dir, version_dir, tmp)
         try:
             def over_http(name: str) -> Callable[[int], dict]:
-                port = procs[name][0]
+                port, proc = procs[name]
                 requests = [multipart_request(f"127.0.0.1:{port}", image, LABELS) for image in images]
-                return lambda c: asyncio.run(http_level(
-                    "127.0.0.1", port, c, math.ceil((args.requests or max(192, 48 * c)) / args.rounds),
-                    requests))
+
+                def measure(c: int) -> dict:
+                    before = minor_faults(proc.pid)
+                    part = asyncio.run(http_level(
+                        "127.0.0.1", port, c,
+                        math.ceil((args.requests or max(192, 48 * c)) / args.rounds), requests))
+                    after = minor_faults(proc.pid)
+                    if name == "service" and None not in (before, after):  # one process; the
+                        part["faults"] = after - before  # peer's inference runs in another
+                    return part
+                return measure
 
             measurers = {"service": over_http("service"),
                          "raw": lambda c: raw_forward(served, image_size, min(c, args.batch),

@@ -22,6 +22,7 @@ import time
 import torch
 from torch.utils.data import Dataset
 
+from records.runtime import tune_process
 from zscl_core import (ReferenceSet, UpdateConfig, default_reference_texts, encode_texts, load_model,
                        run_update)
 
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference texts (of the 1,000 default ones) encoded by the teacher")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
+                        help="leave glibc's malloc at its defaults (the worker keeps freed "
+                             "memory, records.runtime; ZSCL_TUNE_MALLOC=false turns that off)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    tune_process(torch_threads=args.threads or None, tune_malloc=args.tune_malloc)  # as the worker
     torch.manual_seed(0)
     loaded = load_model(args.model, device=args.device)
     initial = load_model(args.model, device=args.device).model
@@ -79,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     for ref_batch in (args.batch, max(1, args.batch // 2)):
         variants += [(f"zscl ref_batch={ref_batch} teacher cache {cache}", ref_batch, cache)
                      for cache in ("warm", "cold")]
-    print(f"model {args.model} (random weights), {size}px, batch {args.batch}, "
+    print(f"model {args.model}, {size}px, batch {args.batch}, "
           f"{args.classes} classes, {len(texts)} reference texts, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}; median of {args.steps} steps per run, "
+          f"torch threads {torch.get_num_threads()}, malloc tuned {args.tune_malloc}; median of {args.steps} steps per run, "
           f"{args.rounds} interleaved rounds (ratios are per round, then the median)")
     times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     for _ in range(args.rounds):
