@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from records.errors import QueueFull
+from records.errors import NotReady, QueueFull
 
 from .serving import ServedModel
 
@@ -62,7 +62,7 @@ def run_batch(jobs: list[_Job]) -> list[torch.Tensor | BaseException]:
             features = group[0].served.encode_images(torch.cat([job.pixels for job in group]))
             for job, part in zip(group, features.split([len(job.pixels) for job in group])):
                 results[id(job)] = part
-        except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these jobs only
+        except Exception as exc:  # e.g. out of memory: fail these jobs only, keep serving
             logger.exception("inference failed for a batch of %d jobs", len(group))
             for job in group:
                 results[id(job)] = exc
@@ -116,7 +116,7 @@ class MicroBatcher:
         self._thread.start()
 
     async def stop(self) -> None:
-        """Stop after the batch in progress; jobs still queued are cancelled."""
+        """Stop after the batch in progress; jobs still queued fail with ``NotReady`` (503)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -127,7 +127,9 @@ class MicroBatcher:
             left, self._queue = list(self._queue), deque()
             self._waiting_images = 0
         for job in left:
-            job.future.cancel()
+            if not job.future.done():
+                job.future.set_exception(NotReady("the server is shutting down; retry the "
+                                                  "request on another replica or in a moment"))
 
     def admit(self, n_images: int) -> None:
         """Reserve room for a request's images before it decodes them; 429 when full."""
@@ -149,12 +151,13 @@ class MicroBatcher:
 
         Call :meth:`admit` first with ``len(pixels)``.
         """
-        if self._thread is None:
-            raise RuntimeError("the batcher is not started")
         n = len(pixels)
         job = _Job(served, pixels, asyncio.get_running_loop().create_future())
         with self._cond:
             self._incoming -= n
+            if self._thread is None or self._stopping:
+                raise NotReady("the server is shutting down; retry the request on another "
+                               "replica or in a moment")
             self._waiting_images += n
             self._queue.append(job)
             self._cond.notify_all()
@@ -186,9 +189,13 @@ class MicroBatcher:
 
     def _serve(self) -> None:
         while (batch := self._gather()) is not None:
-            if self._on_batch:
-                self._on_batch(sum(len(job.pixels) for job in batch))
-            results = run_batch(batch)
+            try:
+                if self._on_batch:
+                    self._on_batch(sum(len(job.pixels) for job in batch))
+                results = run_batch(batch)
+            except Exception as exc:  # a bug: fail this batch, never the thread (later
+                logger.exception("a batch of %d jobs failed", len(batch))  # jobs would hang)
+                results = [exc] * len(batch)
             try:
                 self._loop.call_soon_threadsafe(_settle, batch, results)
             except RuntimeError:  # the loop has closed: nobody is waiting

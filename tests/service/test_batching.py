@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from service.batching import MicroBatcher
-from records.errors import QueueFull
+from records.errors import NotReady, QueueFull
 from service.api.errors import response_for
 from records.imaging import preprocess_images
 from service.serving import ServedModel, frozen_image_encoder, load_served
@@ -153,7 +153,7 @@ class _SlowServed(ServedModel):
         return super().encode_images(pixels)
 
 
-def test_stopping_cancels_the_jobs_still_queued(served_pair):
+def test_stopping_fails_the_jobs_still_queued_with_503(served_pair):
     plain, _ = served_pair
     slow = _SlowServed(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)})
 
@@ -164,10 +164,44 @@ def test_stopping_cancels_the_jobs_still_queued(served_pair):
         jobs = [asyncio.ensure_future(batcher.submit(slow, *_job(plain, c), top_k=1))
                 for c in ("red", "green", "blue")]
         await asyncio.sleep(0.1)  # the first job's forward is under way
-        await batcher.stop()  # finishes that forward, then cancels what is left
-        await asyncio.sleep(0)
+        await batcher.stop()  # finishes that forward, then fails what is left
+        await asyncio.gather(*jobs, return_exceptions=True)
+        batcher.admit(1)  # after the stop, a request that finished decoding is refused
+        with pytest.raises(NotReady):
+            await batcher.submit(plain, *_job(plain, "red"), top_k=1)
+        batcher.admit(10)  # and its reservation was given back: the queue is empty again
         return jobs, batcher.depth
 
     (first, *rest), depth = asyncio.run(scenario())
     assert LABELS[first.result()[0][0][0]] == "red"
-    assert all(job.cancelled() for job in rest) and depth == 0
+    assert all(isinstance(job.exception(), NotReady) for job in rest) and depth == 0
+    assert response_for(rest[0].exception()).status_code == 503
+
+
+class _FlakyServed(ServedModel):
+    failures = 1
+
+    def encode_images(self, pixels):
+        if _FlakyServed.failures:
+            _FlakyServed.failures -= 1
+            raise TypeError("a bug in the forward")
+        return super().encode_images(pixels)
+
+
+def test_an_unexpected_error_fails_its_batch_and_the_next_batch_is_served(served_pair):
+    plain, _ = served_pair
+    flaky = _FlakyServed(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)})
+
+    async def scenario():
+        batcher = MicroBatcher(max_size=1, max_wait_s=0.0, queue_max=10)
+        batcher.start()
+        batcher.admit(2)
+        first, second = await asyncio.gather(
+            batcher.submit(flaky, *_job(plain, "red"), top_k=1),
+            batcher.submit(flaky, *_job(plain, "blue"), top_k=1), return_exceptions=True)
+        await batcher.stop()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, TypeError)
+    assert LABELS[second[0][0][0]] == "blue"
