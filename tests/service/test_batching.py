@@ -147,6 +147,11 @@ def test_batches_run_while_the_event_loop_is_busy(served_pair):
     assert [LABELS[r[0][0][0]] for r in results] == ["red", "green", "blue"]
 
 
+def _copy_as(cls, served: ServedModel) -> ServedModel:
+    """``served`` as an instance of ``cls``, a ServedModel subclass changing one behaviour."""
+    return cls(**{f.name: getattr(served, f.name) for f in dataclasses.fields(served)})
+
+
 class _SlowServed(ServedModel):
     def encode_images(self, pixels):
         time.sleep(0.3)
@@ -155,7 +160,7 @@ class _SlowServed(ServedModel):
 
 def test_stopping_fails_the_jobs_still_queued_with_503(served_pair):
     plain, _ = served_pair
-    slow = _SlowServed(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)})
+    slow = _copy_as(_SlowServed, plain)
 
     async def scenario():
         batcher = MicroBatcher(max_size=1, max_wait_s=0.0, queue_max=10)
@@ -179,18 +184,18 @@ def test_stopping_fails_the_jobs_still_queued_with_503(served_pair):
 
 
 class _FlakyServed(ServedModel):
-    failures = 1
+    failures = 1  # forwards that raise before it works
 
     def encode_images(self, pixels):
-        if _FlakyServed.failures:
-            _FlakyServed.failures -= 1
+        if self.failures:
+            self.failures -= 1
             raise TypeError("a bug in the forward")
         return super().encode_images(pixels)
 
 
 def test_an_unexpected_error_fails_its_batch_and_the_next_batch_is_served(served_pair):
     plain, _ = served_pair
-    flaky = _FlakyServed(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)})
+    flaky = _copy_as(_FlakyServed, plain)
 
     async def scenario():
         batcher = MicroBatcher(max_size=1, max_wait_s=0.0, queue_max=10)
