@@ -50,7 +50,7 @@ def run_batch(jobs: list[_Job]) -> list[torch.Tensor | BaseException]:
     """Encode the jobs' images, one forward per model version: each job's image features.
 
     Only the forward runs here, on the inference thread; each request ranks its own labels
-    (:func:`rank`, under a millisecond) when its features arrive. Every small torch call on
+    (:func:`rank`, about a millisecond at most) when its features arrive. Every small torch call on
     this thread lets go of Python's lock and must win it back from the threads parsing HTTP,
     so the fewer it makes, the less the model idles."""
     results: dict[int, torch.Tensor | BaseException] = {}
