@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 * 1024 ** 2  # the largest glibc accepts on 64-bit systems
+MMAP_THRESHOLD = 32 * 1024 ** 2  # glibc's own ceiling for its adaptive threshold (64-bit)
 TRIM_THRESHOLD = 1024 ** 3
 
 
@@ -30,9 +30,9 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD,
     Why: a forward pass allocates and frees the same large activation buffers every batch. By
     default glibc serves blocks over 128 KiB with ``mmap`` and returns them with ``munmap`` (and
     trims its heaps), so every batch faults its memory in afresh, and each ``munmap`` interrupts
-    the process's other threads. Measured on the starter model, serving at concurrency 32 on 2
-    CPU cores: ~900 page faults per request and a fifth of the CPU time in the kernel by
-    default; 2 faults per request with this, and 30-40% more images per second. The cost: the
+    the process's other threads. ``benchmarks.serve_bench --model starter`` on 2 CPU cores, at
+    concurrency 32: 621 page faults per image served and 0.78x the raw forward's throughput at
+    glibc's defaults (``--no-tune-malloc``); 1-2 faults and 0.90-0.96x with this. The cost: the
     process keeps its peak heap (allocations up to ``mmap_threshold`` come from the heap, and
     up to ``trim_threshold`` free bytes stay at its top).
 
