@@ -72,11 +72,8 @@ class ClassifyAPI(ls.LitAPI):
     @torch.inference_mode()
     def predict(self, jobs: list[dict]) -> list[dict]:
         features = self.served.encode_images(torch.cat([job["pixels"] for job in jobs]))
-        start = 0
-        for job in jobs:
-            stop = start + len(job["pixels"])
-            job["ranked"] = rank(self.served, features[start:stop], job["head"], job["top_k"])
-            start = stop
+        for job, part in zip(jobs, features.split([len(job["pixels"]) for job in jobs])):
+            job["ranked"] = rank(self.served, part, job["head"], job["top_k"])
         return jobs
 
     def unbatch(self, output: list[dict]) -> list[dict]:

@@ -373,13 +373,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from records.runtime import tune_process
     from records.settings import Settings
+    defaults = Settings()  # the product's defaults, as a user gets them
     if args.tune_malloc is None:
-        args.tune_malloc = Settings().tune_malloc
+        args.tune_malloc = defaults.tune_malloc
     os.environ["ZSCL_TUNE_MALLOC"] = str(args.tune_malloc).lower()  # the servers read it
     # the raw forward runs under the service's process settings: an honest ceiling
     tune_process(torch_threads=args.threads, tune_malloc=args.tune_malloc)
-    if args.batch is None:  # the product's default, as a user gets it
-        args.batch = Settings().max_batch
+    if args.batch is None:
+        args.batch = defaults.max_batch
     from service.bootstrap import materialise_model
     from service.serving import load_served
 

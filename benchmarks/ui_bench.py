@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,19 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.serve_bench import free_port, wait_ready
+from benchmarks.serve_bench import PRESETS, free_port, stop_server, wait_ready
 
 logger = logging.getLogger("ui_bench")
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-# the tests' tiny CLIP (random weights): the pages read records, the model only has to load
-TINY_CLIP = {"model_cfg": {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}},
-    "preprocess_cfg": {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
-                       "resize_mode": "squash"}}
 PAGES = ("jobs", "job", "models", "datasets", "try")
 TARGET_MS = 1000.0
 METHODS = ("zscl", "zscl", "zscl", "continual_ft", "lwf", "wise_ft")
@@ -57,15 +49,6 @@ def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
                 "ZSCL_TORCH_THREADS": "1"})
     return subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
                             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _zip(classes: list[str], per_class: int, seed: int, test: bool = False) -> bytes:
@@ -230,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zscl-ui-bench-") as tmp:
         tmp = Path(tmp)
         model = tmp / "tiny-clip.json"
-        model.write_text(json.dumps(TINY_CLIP))
+        model.write_text(json.dumps(PRESETS["tiny"]))  # the pages read records; any model loads
         settings = Settings(data_dir=tmp / "data", model=str(model))
         started = time.perf_counter()
         seeded = seed_store(settings, args.jobs, args.versions, tmp)
