@@ -17,7 +17,9 @@ __all__ = ["Settings"]
 
 # default micro-batch sizes (see batch_max_size)
 CPU_BATCH = 8
-GPU_BATCH = 32
+GPU_BATCH = 128
+MAX_AUTO_API_WORKERS = 8   # API processes per GPU when ZSCL_API_WORKERS is unset (see api_processes)
+MAX_AUTO_DATA_WORKERS = 8  # DataLoader processes per training job on a GPU (see loader_workers)
 
 
 class Settings(BaseSettings):
@@ -55,7 +57,13 @@ class Settings(BaseSettings):
     # micro-batching and inference
     batch_max_size: int | None = Field(None, gt=0, description="images per forward; default "
                                        "8 on CPU (where small batches run fastest, and leave "
-                                       "room to pipeline), 32 on a GPU")
+                                       "room to pipeline), 128 on a GPU")
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="precision of the served towers; auto: bfloat16 on CUDA, float32 "
+        "elsewhere (heads and ranking stay float32)")
+    api_workers: int | None = Field(None, gt=0, description="HTTP processes `zscl serve` runs "
+                                    "(each parses, decodes and batches for itself); default 1 on "
+                                    "CPU, min(8, cores // 2) on a GPU")
     batch_max_wait_ms: float = Field(5.0, ge=0)
     queue_max: int = Field(512, gt=0, description="images waiting for inference before 429")
     torch_threads: int | None = Field(None, gt=0)
@@ -80,6 +88,9 @@ class Settings(BaseSettings):
         "photos", description="without reference_dir: distil on crops of the photos "
         "scikit-image ships ('photos', chosen by `zscl bench updates`, see docs), on the train "
         "images of the job's dataset and the learned ones ('task'), or on both")
+    data_workers: int | None = Field(None, ge=0, description="DataLoader processes that decode "
+                                     "and augment a job's images; default 0 (the training "
+                                     "thread) on CPU, min(8, cores - 2) on a GPU")
     job_soft_time_limit_s: int = Field(6 * 3600, gt=0)
     job_hard_time_limit_s: int = Field(6 * 3600 + 300, gt=0)
     job_heartbeat_timeout_s: float = Field(60.0, gt=0, description="a running job without a "
@@ -159,6 +170,33 @@ class Settings(BaseSettings):
         if self.batch_max_size is not None:
             return self.batch_max_size
         return CPU_BATCH if self.torch_device == "cpu" else GPU_BATCH
+
+    @property
+    def served_dtype(self) -> str:
+        """``inference_dtype`` resolved: 'auto' is bfloat16 on CUDA and float32 elsewhere."""
+        if self.inference_dtype != "auto":
+            return self.inference_dtype
+        return "bfloat16" if self.torch_device.startswith("cuda") else "float32"
+
+    @property
+    def api_processes(self) -> int:
+        """``api_workers``, or the device's default: 1 on CPU (the model's threads use the cores),
+        ``min(8, cores // 2)`` on a GPU (HTTP parsing and decoding then bound the throughput)."""
+        if self.api_workers is not None:
+            return self.api_workers
+        if not self.torch_device.startswith("cuda"):
+            return 1
+        return max(1, min(MAX_AUTO_API_WORKERS, (os.cpu_count() or 2) // 2))
+
+    @property
+    def loader_workers(self) -> int:
+        """``data_workers``, or the device's default: 0 on CPU (decoding on the training thread;
+        extra processes would take the cores the model trains on), ``min(8, cores - 2)`` on a GPU."""
+        if self.data_workers is not None:
+            return self.data_workers
+        if not self.torch_device.startswith("cuda"):
+            return 0
+        return max(1, min(MAX_AUTO_DATA_WORKERS, (os.cpu_count() or 2) - 2))
 
     def ensure_dirs(self) -> None:
         self.versions_dir.mkdir(parents=True, exist_ok=True)
