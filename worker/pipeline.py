@@ -47,6 +47,7 @@ HEARTBEAT_S = 2.0
 DRIFT_IMAGES = 256
 CACHED_TEACHERS = 4
 PHOTO_CROPS = 1024  # reference_images="photos": distinct crops of scikit-image's sample photos
+REPORT_EVERY_GPU = 10  # steps between progress reports on a GPU (each one syncs with the device)
 
 
 class _Heartbeat:
@@ -173,6 +174,8 @@ class JobRunner:
         metrics.update({"snapshots": result.snapshots, "last_losses": result.last_losses,
                         "train_s": round(train_s, 2),
                         "s_per_step": round(train_s / max(1, result.steps), 4),
+                        "data_wait_s": round(result.data_wait_s, 2),
+                        "compute_s": round(result.compute_s, 2),
                         "evaluate_s": round(time.monotonic() - started, 2)})
         state, version_id = self.decide(plan, candidate, report, metrics)
         if version_id is not None:  # saved: its scores are the served scores of a later job
@@ -216,8 +219,11 @@ class JobRunner:
         return run_update(base.model, base.tokenizer, train, list(train.classnames), config=config,
                           initial=plan.initial,
                           reference=ReferenceSet(distil_images, texts, text_features),
-                          template=DEFAULT_TEMPLATES[0], device=self.device, on_step=progress,
-                          should_cancel=progress.cancel_requested)
+                          template=DEFAULT_TEMPLATES[0], device=self.device,
+                          num_workers=self.settings.loader_workers,
+                          # on a GPU, reading the losses back every step would stall its queue
+                          report_every=1 if self.device == "cpu" else REPORT_EVERY_GPU,
+                          on_step=progress, should_cancel=progress.cancel_requested)
 
     def evaluate(self, plan: JobPlan, candidate, progress: Progress
                  ) -> tuple[GateReport, dict, dict[str, torch.Tensor]]:

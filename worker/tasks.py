@@ -33,6 +33,21 @@ def _tune(**_kwargs) -> None:
 
     settings = current_app.conf.zscl_settings
     tune_process(torch_threads=settings.torch_threads, tune_malloc=settings.tune_malloc)
+    _allow_loader_processes()
+
+
+def _allow_loader_processes() -> None:
+    """Let this pool process start DataLoader processes (a job's image decoding, see
+    ``Settings.loader_workers``). The prefork pool marks its processes daemonic, and
+    multiprocessing refuses children to a daemonic process (billiard and multiprocessing each
+    keep the flag). Orphans cannot follow: torch's loader processes exit by themselves once
+    their parent is gone (their watchdog polls it)."""
+    import multiprocessing
+
+    import billiard
+
+    for process in (multiprocessing.current_process(), billiard.current_process()):
+        process._config["daemon"] = False
 
 
 @worker_ready.connect

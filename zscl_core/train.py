@@ -22,13 +22,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .averaging import interpolate, running_mean
 from .config import UpdateConfig
@@ -66,12 +67,18 @@ class UpdateResult:
         steps: optimizer steps run.
         snapshots: how many states the weight ensemble averaged (1 = the start only).
         last_losses: the loss parts of the final step.
+        data_wait_s: seconds the training thread waited for batches (decoding and augmenting
+            images, in ``num_workers`` processes or on this thread).
+        compute_s: the rest of the optimizer loop's wall time (the device's work, as seen by
+            the host: the loop syncs with the device only when it reports).
     """
 
     state_dict: dict[str, torch.Tensor]
     steps: int
     snapshots: int = 0
     last_losses: dict[str, float] = field(default_factory=dict)
+    data_wait_s: float = 0.0
+    compute_s: float = 0.0
 
 
 def trainable_parameters(model: nn.Module, trainable: str) -> dict[str, nn.Parameter]:
@@ -151,11 +158,6 @@ def _add_weight_constraint_grad_(params: dict[str, nn.Parameter], anchor: dict[s
     return weight * torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
 
 
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
-
-
 def _cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -166,36 +168,91 @@ def _cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
 
 
 class _TeacherImageCache:
-    """Teacher image features of reference images, computed the first time each index is seen."""
+    """Teacher image features of reference images, computed the first time each index is seen.
 
-    def __init__(self, teacher: nn.Module, size: int, device: torch.device):
+    Which indices are filled is kept on the host and read from the batch's host-side index, so
+    that checking costs no device sync."""
+
+    def __init__(self, teacher: nn.Module, size: int):
         self.teacher = teacher
         self.features: torch.Tensor | None = None
-        self.filled = torch.zeros(size, dtype=torch.bool, device=device)
+        self.filled = torch.zeros(size, dtype=torch.bool)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        missing = ~self.filled[index]
-        if missing.any():
-            feats = self.teacher.encode_image(images[missing]).float()
+    def __call__(self, images: torch.Tensor, index: torch.Tensor, host_index: torch.Tensor
+                 ) -> torch.Tensor:
+        missing = (~self.filled[host_index]).nonzero().squeeze(1)
+        if len(missing):
+            feats = self.teacher.encode_image(
+                images[missing.to(images.device, non_blocking=True)]).float()
             if self.features is None:
                 self.features = torch.zeros(len(self.filled), feats.shape[-1], device=feats.device)
-            self.features[index[missing]] = feats
-            self.filled[index[missing]] = True
+            self.features[index[missing.to(index.device, non_blocking=True)]] = feats
+            self.filled[host_index[missing]] = True
         return self.features[index]
 
 
-def _loader(dataset: Dataset, batch_size: int, seed: int, workers: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True,
-                      drop_last=True, generator=generator, num_workers=workers,
-                      collate_fn=stack_batch, persistent_workers=workers > 0)
+class _EpochBatches(Sampler):
+    """Batch indices forever: each epoch a fresh permutation of the dataset, cut into full
+    batches (the incomplete last one dropped).
+
+    These are exactly the batches that re-iterating ``DataLoader(shuffle=True, drop_last=True,
+    generator=torch.Generator().manual_seed(seed))`` gives epoch after epoch (it draws, per
+    epoch, a seed for its workers, the permutation, and one more permutation as its sampler ends;
+    the same draws are made here), so a job sees the same images in the same order as before.
+    One endless pass means the loader's worker processes never drain at an epoch's end.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        while True:
+            torch.empty((), dtype=torch.int64).random_(generator=generator)  # the workers' seed
+            order = torch.randperm(self.n, generator=generator).tolist()
+            torch.randperm(self.n, generator=generator)  # the sampler's empty tail
+            for start in range(0, self.n - self.batch_size + 1, self.batch_size):
+                yield order[start:start + self.batch_size]
+
+
+class _Batches:
+    """Endless batches of a dataset, decoded by ``workers`` processes (0: on this thread) into
+    pinned memory when ``pin`` (CUDA), with the seconds spent waiting for them."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, *, workers: int, pin: bool):
+        loader = DataLoader(dataset, batch_sampler=_EpochBatches(len(dataset),
+                                                                 min(batch_size, len(dataset)), seed),
+                            num_workers=workers, collate_fn=stack_batch, pin_memory=pin,
+                            prefetch_factor=4 if workers else None)
+        self._iterator = iter(loader)
+        self.wait_s = 0.0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        started = time.perf_counter()
+        batch = next(self._iterator)
+        self.wait_s += time.perf_counter() - started
+        return batch
+
+    def close(self) -> None:
+        """Stop the worker processes now (they would otherwise live until garbage collection)."""
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _split_workers(workers: int, reference: bool) -> tuple[int, int]:
+    """(task, reference) loader processes: the reference loader, which loads as many images per
+    step as the task's by default, gets half."""
+    if not reference:
+        return workers, 0
+    return workers - workers // 2, workers // 2
 
 
 def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classnames: list[str], *,
                config: UpdateConfig, initial: nn.Module | None = None,
                reference: ReferenceSet | None = None, template: str = "a photo of a {}.",
-               device: str | torch.device = "cpu", num_workers: int = 0,
+               device: str | torch.device = "cpu", num_workers: int = 0, report_every: int = 1,
                on_step: Callable[[StepInfo], None] | None = None,
                should_cancel: Callable[[], bool] | None = None) -> UpdateResult:
     """Run one update (one continual-learning task) and return the weights to serve next.
@@ -211,8 +268,13 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
             with the teacher's text embeddings if the caller already has them.
         template: the prompt template of the task loss (the first of the dataset's templates).
         device: where to train.
-        num_workers: DataLoader worker processes.
-        on_step: called after each optimizer step with a :class:`StepInfo`.
+        num_workers: DataLoader processes that decode and augment images, shared between the
+            task's and the reference set's batches (0: on this thread). The batches, and so the
+            losses, are the same for any number; only random augmentations draw differently.
+        report_every: ``on_step`` is called every this many steps (and after the last). Each
+            report reads the losses back from the device, a sync that stalls the device's queue,
+            so on a GPU report every few steps.
+        on_step: called with a :class:`StepInfo` (see ``report_every``).
         should_cancel: checked every ``config.cancel_check_every`` steps; True stops the update
             with :class:`UpdateCancelled`.
 
@@ -225,6 +287,8 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
     method: Method = get_method(config.method)
     teacher_model = _teacher_for(method, classnames, task, current=current, initial=initial,
                                  reference=reference)
+    if report_every < 1:
+        raise ConfigError(f"report_every must be at least 1, got {report_every}")
     torch.manual_seed(config.seed)
     student = copy.deepcopy(current).to(device)
     student.train()
@@ -233,12 +297,24 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
                      freeze_norm_stats_(student))
     start_state = {k: v.detach().to(device).clone() for k, v in current.state_dict().items()}
     prompts = tokenizer([template.format(c) for c in classnames]).to(device)
-    task_batches = _cycle(_loader(task, config.batch_size, config.seed, num_workers))
-    teacher = _Teacher.setup(teacher_model, method, reference, tokenizer, prompts,
-                             config=config, device=device, num_workers=num_workers)
-    average, snapshots, losses = _train(student, start_state, prompts, task_batches, teacher,
-                                        method=method, config=config, device=device,
-                                        on_step=on_step, should_cancel=should_cancel)
+    pin = device.type == "cuda"
+    task_workers, ref_workers = _split_workers(
+        num_workers, teacher_model is not None and method.distill_on == "reference")
+    batches = [_Batches(task, config.batch_size, config.seed, workers=task_workers, pin=pin)]
+    try:
+        teacher = _Teacher.setup(teacher_model, method, reference, tokenizer, prompts,
+                                 config=config, device=device, workers=ref_workers, pin=pin)
+        if teacher is not None and teacher.ref_batches is not None:
+            batches.append(teacher.ref_batches)
+        loop = _Loop(student, start_state, prompts, batches[0], teacher, method=method,
+                     config=config, device=device)
+        started = time.perf_counter()
+        average, snapshots, losses = loop.run(report_every, on_step, should_cancel)
+        wall = time.perf_counter() - started
+    finally:
+        for source in batches:
+            source.close()
+    data_wait = sum(source.wait_s for source in batches)
     final = student.state_dict()
     if average is not None:
         final = average
@@ -247,7 +323,7 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
     return UpdateResult(
         state_dict={k: v.detach().to("cpu") for k, v in final.items()},
         steps=config.steps, snapshots=snapshots,
-        last_losses=_floats(losses))
+        last_losses=_floats(losses), data_wait_s=data_wait, compute_s=max(0.0, wall - data_wait))
 
 
 def _teacher_for(method: Method, classnames: list[str], task: Dataset, *, current: nn.Module,
@@ -275,12 +351,12 @@ class _Teacher:
     texts: torch.Tensor
     scale: torch.Tensor
     cache: _TeacherImageCache | None = None
-    ref_batches: Iterator | None = None
+    ref_batches: _Batches | None = None
 
     @classmethod
     def setup(cls, model: nn.Module | None, method: Method, reference: ReferenceSet | None,
               tokenizer: Callable, prompts: torch.Tensor, *, config: UpdateConfig,
-              device: torch.device, num_workers: int) -> _Teacher | None:
+              device: torch.device, workers: int, pin: bool) -> _Teacher | None:
         if model is None:
             return None
         model.eval()
@@ -290,15 +366,15 @@ class _Teacher:
                 return cls(model, model.encode_text(prompts, normalize=True).float(), scale)
         texts = (reference.text_features.to(device) if reference.text_features is not None
                  else encode_texts(model, tokenizer, reference.texts, device=device))
-        batches = _cycle(_loader(reference.images, config.reference_batch, config.seed + 1,
-                                 num_workers))
-        return cls(model, texts, scale, _TeacherImageCache(model, len(reference.images), device),
-                   batches)
+        batches = _Batches(reference.images, config.reference_batch, config.seed + 1,
+                           workers=workers, pin=pin)
+        return cls(model, texts, scale, _TeacherImageCache(model, len(reference.images)), batches)
 
     def losses(self, student_feats: torch.Tensor, images: torch.Tensor,
-               ref: tuple[torch.Tensor, torch.Tensor] | None, *, method: Method,
+               ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, *, method: Method,
                config: UpdateConfig) -> dict[str, torch.Tensor]:
-        """The weighted distillation terms (Eq. 5-6) for one batch."""
+        """The weighted distillation terms (Eq. 5-6) for one batch; ``ref`` is (images on the
+        device, their indices on the device, the same indices on the host)."""
         if ref is not None:
             teacher_feats = self.cache(*ref)
         else:
@@ -313,63 +389,83 @@ class _Teacher:
         return out
 
 
-def _train(student: nn.Module, start_state: dict[str, torch.Tensor], prompts: torch.Tensor,
-           task_batches: Iterator, teacher: _Teacher | None, *, method: Method,
-           config: UpdateConfig, device: torch.device,
-           on_step: Callable[[StepInfo], None] | None,
-           should_cancel: Callable[[], bool] | None):
-    """The optimizer loop; returns (weight average or None, snapshots, last losses)."""
-    params = trainable_parameters(student, config.trainable)
-    anchor = ({k: p.detach().clone() for k, p in params.items()}
-              if method.weight_constraint and config.l2_weight > 0 else None)
-    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine_with_warmup(config.warmup, config.steps))
-    scale = student.logit_scale.exp().detach()
-    average, snapshots = (start_state, 1) if method.weight_ensemble else (None, 0)
-    losses: dict[str, torch.Tensor] = {}
-    for step in range(1, config.steps + 1):
-        optimizer.zero_grad(set_to_none=True)
+class _Loop:
+    """The optimizer loop over one student: :meth:`run` returns (weight average or None,
+    snapshots, last losses)."""
+
+    def __init__(self, student: nn.Module, start_state: dict[str, torch.Tensor],
+                 prompts: torch.Tensor, task_batches: _Batches, teacher: _Teacher | None, *,
+                 method: Method, config: UpdateConfig, device: torch.device):
+        self.student, self.start_state, self.prompts = student, start_state, prompts
+        self.task_batches, self.teacher = task_batches, teacher
+        self.method, self.config, self.device = method, config, device
+        self.params = trainable_parameters(student, config.trainable)
+        self.anchor = ({k: p.detach().clone() for k, p in self.params.items()}
+                       if method.weight_constraint and config.l2_weight > 0 else None)
+        # fused AdamW: one kernel for all parameters on CUDA; the same update rule
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.lr,
+                                           weight_decay=config.weight_decay,
+                                           fused=device.type == "cuda")
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _cosine_with_warmup(config.warmup, config.steps))
+        self.scale = student.logit_scale.exp().detach()
+
+    def run(self, report_every: int, on_step: Callable[[StepInfo], None] | None,
+            should_cancel: Callable[[], bool] | None):
+        config = self.config
+        average, snapshots = (self.start_state, 1) if self.method.weight_ensemble else (None, 0)
+        losses: dict[str, torch.Tensor] = {}
+        for step in range(1, config.steps + 1):
+            lr = self.optimizer.param_groups[0]["lr"]
+            losses = self.step()
+            if average is not None and (step % config.ensemble_every == 0 or step == config.steps):
+                average = running_mean(average, self.student.state_dict(), snapshots)
+                snapshots += 1
+            if on_step is not None and (step % report_every == 0 or step == config.steps):
+                on_step(StepInfo(step, config.steps, _floats(losses), lr))
+            if should_cancel is not None and step % config.cancel_check_every == 0 \
+                    and should_cancel():
+                raise UpdateCancelled(step)
+        return average, snapshots, losses
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step (over ``grad_accum`` micro-batches); its loss terms, on the device."""
+        config = self.config
+        self.optimizer.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):
-            losses = _batch_losses(student, prompts, scale, task_batches, teacher,
-                                   method=method, config=config, device=device)
+            losses = self.batch_losses()
             (sum(losses.values()) / config.grad_accum).backward()
-        if anchor is not None:
-            losses["l2"] = _add_weight_constraint_grad_(params, anchor, config.l2_weight)
+        if self.anchor is not None:
+            losses["l2"] = _add_weight_constraint_grad_(self.params, self.anchor, config.l2_weight)
         if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        schedule.step()
-        if average is not None and (step % config.ensemble_every == 0 or step == config.steps):
-            average = running_mean(average, student.state_dict(), snapshots)
-            snapshots += 1
-        if on_step is not None:
-            on_step(StepInfo(step, config.steps, _floats(losses), lr))
-        if should_cancel is not None and step % config.cancel_check_every == 0 and should_cancel():
-            raise UpdateCancelled(step)
-    return average, snapshots, losses
+            torch.nn.utils.clip_grad_norm_(self.params.values(), config.max_grad_norm)
+        self.optimizer.step()
+        self.schedule.step()
+        return losses
 
-
-def _batch_losses(student: nn.Module, prompts: torch.Tensor, scale: torch.Tensor,
-                  task_batches: Iterator, teacher: _Teacher | None, *, method: Method,
-                  config: UpdateConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """The named loss terms of one micro-batch (task loss, then distillation)."""
-    images, labels = (t.to(device, non_blocking=True) for t in next(task_batches))
-    ref = None
-    if teacher is not None and teacher.ref_batches is not None:
-        ref = tuple(t.to(device, non_blocking=True) for t in next(teacher.ref_batches))
-    use_bf16 = config.bf16 and device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        features = student.encode_image(images if ref is None else torch.cat([images, ref[0]]))
-        task_features = features[: len(images)]
-        logits = scaled_cosine_logits(task_features, student.encode_text(prompts), scale)
-        losses = {"ce": F.cross_entropy(logits.float(), labels,
-                                        label_smoothing=config.label_smoothing)}
-        if teacher is not None:
-            student_feats = features[len(images):] if ref is not None else task_features
-            losses.update(teacher.losses(student_feats, images, ref, method=method, config=config))
-    return losses
+    def batch_losses(self) -> dict[str, torch.Tensor]:
+        """The named loss terms of one micro-batch (task loss, then distillation)."""
+        device, teacher, config = self.device, self.teacher, self.config
+        images, labels = (t.to(device, non_blocking=True) for t in self.task_batches.next())
+        ref = None
+        if teacher is not None and teacher.ref_batches is not None:
+            ref_images, index = teacher.ref_batches.next()
+            ref = (ref_images.to(device, non_blocking=True), index.to(device, non_blocking=True),
+                   index)
+        use_bf16 = config.bf16 and device.type == "cuda"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            features = self.student.encode_image(images if ref is None
+                                                 else torch.cat([images, ref[0]]))
+            task_features = features[: len(images)]
+            logits = scaled_cosine_logits(task_features, self.student.encode_text(self.prompts),
+                                          self.scale)
+            losses = {"ce": F.cross_entropy(logits.float(), labels,
+                                            label_smoothing=config.label_smoothing)}
+            if teacher is not None:
+                student_feats = features[len(images):] if ref is not None else task_features
+                losses.update(teacher.losses(student_feats, images, ref, method=self.method,
+                                             config=config))
+        return losses
 
 
 def _floats(losses: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -3,8 +3,8 @@ import torch
 
 from tests.helpers.synthetic import reference_images, stripe_task
 from zscl_core import (ConfigError, DatasetError, LabelledImages, ReferenceSet, UnlabelledImages,
-                       UpdateCancelled, UpdateConfig, accuracy, build_head, encode_texts, run_update,
-                       texts_from_classnames)
+                       UpdateCancelled, UpdateConfig, accuracy, build_head, encode_texts, load_model,
+                       run_update, texts_from_classnames)
 
 TEMPLATES = ["a photo of {}.", "an image of {}."]
 FAST = dict(batch_size=16, ref_batch_size=16, lr=1e-3, warmup_steps=2, label_smoothing=0.2)
@@ -283,3 +283,75 @@ def test_reference_batch_follows_the_task_batch_unless_set():
     assert UpdateConfig(batch_size=16, ref_batch_size=64).reference_batch == 64
     with pytest.raises(ConfigError, match="norm_stats"):
         UpdateConfig(norm_stats="sometimes")
+
+
+# Per-step losses of the loop as it was before the input pipeline moved to DataLoader processes
+# and an endless batch sampler (main at 562c6fa, printed by that code for the run in
+# _pipeline_run): the same batches in the same order must give the same losses.
+LOSSES_562C6FA = [
+    {"ce": 0.851337, "kd_image": 6.318846, "kd_text": 8.426558, "l2": 0.0},
+    {"ce": 1.797643, "kd_image": 6.228729, "kd_text": 8.260706, "l2": 0.054693},
+    {"ce": 0.696497, "kd_image": 6.211998, "kd_text": 8.291623, "l2": 0.207004},
+    {"ce": 0.687391, "kd_image": 6.208066, "kd_text": 8.404681, "l2": 0.366625},
+    {"ce": 0.696426, "kd_image": 6.19253, "kd_text": 8.35912, "l2": 0.483087},
+    {"ce": 0.69197, "kd_image": 6.170618, "kd_text": 8.4121, "l2": 0.545672},
+    {"ce": 0.690497, "kd_image": 6.171989, "kd_text": 8.209642, "l2": 0.56782},
+    {"ce": 0.69385, "kd_image": 6.165795, "kd_text": 8.149283, "l2": 0.569752},
+]
+
+
+def _pipeline_run(tiny_config_path, *, augment=True, **kwargs):
+    """8 ZSCL steps of a random tiny CLIP: 20 task images in batches of 8 (4 epochs: the order
+    crosses epoch ends) and 40 reference images in batches of 8."""
+    torch.manual_seed(0)
+    loaded = load_model(tiny_config_path)
+    initial = load_model(tiny_config_path).model
+    items, labels, names = stripe_task(20, seed=5)
+    transform = loaded.preprocess_train if augment else loaded.preprocess_val
+    task = LabelledImages(items, labels, names, transform)
+    texts = texts_from_classnames(["red", "green", "blue", "a cat", "a car"])
+    ref = ReferenceSet(UnlabelledImages(reference_images(40, seed=9), loaded.preprocess_val), texts)
+    config = UpdateConfig(method="zscl", steps=8, batch_size=8, ref_batch_size=8, lr=1e-3,
+                          warmup_steps=2)
+    steps = []
+    result = run_update(loaded.model, loaded.tokenizer, task, list(names), config=config,
+                        initial=initial, reference=ref, on_step=steps.append, **kwargs)
+    return steps, result
+
+
+def test_the_loop_gives_the_losses_of_the_loop_before_it(tiny_config_path):
+    steps, result = _pipeline_run(tiny_config_path)
+    assert [s.step for s in steps] == list(range(1, 9))
+    for got, expected in zip(steps, LOSSES_562C6FA):
+        assert got.losses == pytest.approx(expected, rel=1e-4, abs=1e-5), got.step
+    assert result.data_wait_s > 0 and result.compute_s > 0
+
+
+def test_loader_processes_give_the_same_batches_and_losses(tiny_config_path):
+    # deterministic preprocessing: only the batches' order could differ, and it must not
+    in_thread, _ = _pipeline_run(tiny_config_path, augment=False)
+    in_processes, result = _pipeline_run(tiny_config_path, augment=False, num_workers=3)
+    for a, b in zip(in_thread, in_processes):
+        assert a.losses == pytest.approx(b.losses, rel=1e-5, abs=1e-6), a.step
+    assert result.data_wait_s > 0
+
+
+def test_report_every_reports_every_n_steps_and_the_last(tiny_config_path):
+    steps, result = _pipeline_run(tiny_config_path, report_every=3)
+    assert [s.step for s in steps] == [3, 6, 8]
+    assert steps[-1].losses == pytest.approx(LOSSES_562C6FA[-1], rel=1e-4, abs=1e-5)
+    assert result.last_losses == steps[-1].losses
+    with pytest.raises(ConfigError, match="report_every"):
+        _pipeline_run(tiny_config_path, report_every=0)
+
+
+def test_endless_batches_are_the_dataloaders_epochs():
+    from torch.utils.data import DataLoader
+
+    from zscl_core.train import _EpochBatches
+
+    loader = DataLoader(list(range(10)), batch_size=4, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(7))
+    epochs = [batch.tolist() for _ in range(3) for batch in loader]
+    endless = iter(_EpochBatches(10, 4, seed=7))
+    assert [next(endless) for _ in range(6)] == epochs

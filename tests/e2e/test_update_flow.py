@@ -39,6 +39,7 @@ def _flow(stack):
     assert 0 < seen_running["progress"] < 1 and "ce" in seen_running["losses"]
     done = stack.wait_job(job["id"])
     assert done["state"] == "succeeded", (done, stack.log_tail())
+    assert done["metrics"]["data_wait_s"] >= 0 and done["metrics"]["compute_s"] > 0
     new = done["candidate_version"]
     wait_until(lambda: stack.served() == new, 5, 0.1, "API serving the promoted version")
     assert _classify_ok(stack) == new
@@ -62,8 +63,9 @@ def test_redis_and_real_worker_promote_then_reject(stack_factory, redis_url):
 
 
 def test_embedded_broker_flow(stack_factory, tmp_path):
+    # with DataLoader processes, as on a GPU: the prefork pool's job process may start them
     stack = stack_factory(broker_url=f"sqla+sqlite:///{tmp_path / 'var' / 'broker.sqlite'}",
-                          ZSCL_START_WORKER="true")
+                          ZSCL_START_WORKER="true", ZSCL_DATA_WORKERS="2")
     stack.api()  # embedded mode: `zscl serve` starts its own worker process
     _flow(stack)
 
