@@ -1,19 +1,25 @@
 """The app factory. Startup is non-blocking: the model loads in the background and
-``/readyz`` answers 503 until it is loaded and warmed (LitServe's pattern)."""
+``/readyz`` answers 503 until it is loaded and warmed (LitServe's pattern).
+
+One app is one API process. `zscl serve` may run several on one port (uvicorn's workers, each
+calling :func:`create_app` with no argument); each then loads the served version, follows the
+pointer and batches for itself, and they meet only in the database (and Redis, when
+distributed) and in the metrics files (``service.metrics``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import threading
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from records import db
 from records.runtime import tune_process
 from records.settings import Settings
 from zscl_core import ZSCLError
@@ -21,10 +27,13 @@ from zscl_core import ZSCLError
 from .api.errors import install_error_handlers
 from .api.main import UNCAPPED_ROUTES, api_router, health_router
 from .api.middleware import ServiceMiddleware
-from .bootstrap import ensure_serving
+from .bootstrap import bootstrap
 from .container import Services, build_services
+from .metrics import SYNC_INTERVAL_S, Metrics
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "PROCESS_HEADER"]
+
+PROCESS_HEADER = "X-Process-Id"
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +41,9 @@ logger = logging.getLogger(__name__)
 async def _start_serving(services: Services) -> None:
     """Bootstrap the pointer, load the served version, then follow the pointer forever."""
     settings, holder = services.settings, services.holder
-
-    def bootstrap() -> None:
-        for attempt in range(3):
-            try:
-                db.create_all(services.engine)
-                with services.sessions() as session:
-                    ensure_serving(session, settings)
-                return
-            except (OperationalError, IntegrityError) as exc:  # another process booting at once
-                if attempt == 2:
-                    raise
-                logger.info("bootstrap raced another process (%s); retrying", exc)
-                time.sleep(0.5)
-
     try:
         holder.phase = f"bootstrapping ZSCL_MODEL={settings.model}"
-        await _in_daemon_thread(bootstrap)
+        await _in_daemon_thread(lambda: bootstrap(settings, services.engine))
     except (ZSCLError, OSError, SQLAlchemyError) as exc:  # e.g. an unknown model: say so on /readyz
         holder.last_error = f"could not bootstrap ZSCL_MODEL={settings.model!r}: {exc}"
         logger.error("%s; waiting for a version to be activated", holder.last_error)
@@ -79,6 +74,15 @@ async def _reap_forever(services: Services) -> None:
         except OperationalError as exc:  # database busy or briefly away: try again next time
             logger.warning("job reaper: %s", exc)
         await asyncio.sleep(interval)
+
+
+async def _sync_metrics_forever(metrics: Metrics) -> None:
+    """With several API processes, copy this one's head-cache counts and queue depth into the
+    shared metrics now and then: a scrape is answered by one process, which reads the others'
+    files only."""
+    while True:
+        metrics.sync()
+        await asyncio.sleep(SYNC_INTERVAL_S)
 
 
 async def _in_daemon_thread(fn):
@@ -120,18 +124,43 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.batcher.start()
     serving = asyncio.create_task(_start_serving(services), name="zscl-serving")
     serving.add_done_callback(_log_failure)
+    tasks = [serving]
+    if services.metrics.shared:
+        tasks.append(asyncio.create_task(_sync_metrics_forever(services.metrics), name="zscl-metrics"))
     try:
         yield
     finally:
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await services.batcher.stop()
         services.engine.dispose()
 
 
+class _ProcessHeader:
+    """Adds ``X-Process-Id``, the id of the API process that answered: with several behind one
+    port, a client (and the tests) can see how the requests spread."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_pid(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[PROCESS_HEADER] = str(os.getpid())
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The FastAPI app for ``settings`` (default: read from the ``ZSCL_`` environment)."""
+    """The FastAPI app for ``settings`` (default: read from the ``ZSCL_`` environment, as each
+    of `zscl serve`'s API processes does: ``uvicorn --factory service.app:create_app``)."""
     settings = settings or Settings()
     services = build_services(settings)
     app = FastAPI(title="zscl-serve", version="1", lifespan=_lifespan,
@@ -139,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.add_middleware(ServiceMiddleware, holder=services.holder, metrics=services.metrics,
                        max_body_bytes=settings.max_upload_bytes, uncapped=UNCAPPED_ROUTES)
+    app.add_middleware(_ProcessHeader)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(api_router)

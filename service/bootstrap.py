@@ -2,22 +2,26 @@
 
 Every served model is a registered version, so a fresh deployment and a promoted update go
 through the same load path. Two processes starting on an empty database both try; the pointer's
-compare-and-swap lets one win and the other serves the winner.
+compare-and-swap lets one win and the other serves the winner. `zscl serve` with several API
+processes bootstraps once before it starts them (:func:`bootstrap`), so that they never build
+the same model at once; each process's own bootstrap then finds the pointer set.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from records import db, registry
 from records.settings import Settings
 from zscl_core import ModelLoadError, load_model, read_manifest, save_version
 
-__all__ = ["ensure_serving", "materialise_model", "describe_served_model"]
+__all__ = ["bootstrap", "ensure_serving", "materialise_model", "describe_served_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,38 @@ def ensure_serving(session: Session, settings: Settings) -> str:
         logger.info("another process bootstrapped first; serving its choice")
     version, _ = registry.get_serving(session)
     return version
+
+
+def bootstrap(settings: Settings, engine: Engine | None = None, *, attempts: int = 3) -> str:
+    """Create the tables and :func:`ensure_serving`, retried when another process bootstraps
+    the same database at the same moment; the served version id. Blocking: on a first start it
+    may build the starter model (about a minute).
+
+    Args:
+        settings: where the records are, and ``model`` for a first start.
+        engine: the database engine to use; default one of its own, disposed of at the end.
+        attempts: tries before a database error is raised.
+    """
+    own = engine is None
+    engine = engine if engine is not None else db.make_engine(settings.database_url)
+    sessions = db.make_session_factory(engine)
+
+    def once() -> str:
+        db.create_all(engine)
+        with sessions() as session:
+            return ensure_serving(session, settings)
+
+    try:
+        for _ in range(attempts - 1):
+            try:
+                return once()
+            except (OperationalError, IntegrityError) as exc:  # another process booting at once
+                logger.info("bootstrap raced another process (%s); retrying", exc)
+                time.sleep(0.5)
+        return once()
+    finally:
+        if own:
+            engine.dispose()
 
 
 def describe_served_model(settings: Settings) -> str:

@@ -1,38 +1,68 @@
-"""Prometheus metrics, one registry per app (so several apps can live in one test process)."""
+"""Prometheus metrics, one registry per app (so several apps can live in one test process).
+
+`zscl serve` may run several API processes on one port (``Settings.api_processes``). It then
+starts them with ``PROMETHEUS_MULTIPROC_DIR`` naming a fresh directory, which prometheus_client
+reads when it is imported: every value then lives in a per-process file there, and ``/metrics``
+(:meth:`Metrics.render`) reads every process's files, whichever process answers. Counters and
+histograms are summed; each gauge says how its processes combine (``multiprocess_mode``). The
+values kept outside prometheus_client (head-cache hits and misses, the queue depth) are copied
+into real metrics by :meth:`Metrics.sync`: at every scrape, and every
+:data:`SYNC_INTERVAL_S` in each process (``service.app``) so that the processes that do not
+answer the scrape are counted too.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from zscl_core import HeadCache
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "SYNC_INTERVAL_S"]
+
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 HEAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+SYNC_INTERVAL_S = 1.0  # how stale another process's head-cache counts and queue depth may be
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable, not a ZSCL_ one
 
 
-class _LiveCollector(Collector):
-    """Values read at scrape time: head-cache counters and the inference queue depth."""
+def shared_across_processes() -> bool:
+    """Whether prometheus_client runs in multiprocess mode in this process.
 
-    def __init__(self, heads: HeadCache, queue_depth):
-        self._heads = heads
-        self._queue_depth = queue_depth
+    The library decides once, when it is imported, from ``PROMETHEUS_MULTIPROC_DIR``, before any
+    settings exist; asking it (rather than a setting) means /metrics can never render the
+    wrong kind of registry."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
 
-    def collect(self):
-        hits = CounterMetricFamily("zscl_head_cache_hits", "Text-head cache hits")
-        hits.add_metric([], self._heads.hits)
-        misses = CounterMetricFamily("zscl_head_cache_misses", "Text-head cache misses")
-        misses.add_metric([], self._heads.misses)
-        depth = GaugeMetricFamily("zscl_inference_queue_images", "Images waiting for inference")
-        depth.add_metric([], self._queue_depth())
-        return [hits, misses, depth]
+
+def _forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges (queue depth, served version) of API processes that died, such as
+    one uvicorn's supervisor replaced after a crash: only the processes running now count.
+    Their counters stay in the sums, as a counter must never go down."""
+    for path in Path(directory).glob("gauge_live*_*.db"):  # gauge_<mode>_<pid>.db
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            logger.info("metrics: API process %d is gone; dropping its gauges", pid)
+            with contextlib.suppress(FileNotFoundError):  # another scrape dropped them first
+                mark_process_dead(pid, directory)
+        except PermissionError:  # alive, owned by another user
+            continue
 
 
 class Metrics:
+    """The service's metrics; :meth:`render` is what ``/metrics`` answers."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("zscl_http_requests", "HTTP requests",
@@ -47,17 +77,58 @@ class Metrics:
         self.swaps = Counter("zscl_model_swaps", "Model swaps", ["trigger"], registry=self.registry)
         self.swap_failures = Counter("zscl_model_swap_failures", "Versions that failed to load",
                                      registry=self.registry)
-        self.served = Gauge("zscl_model_served", "1 for the served version", ["model_version"],
-                            registry=self.registry)
-        self.generation = Gauge("zscl_model_generation", "Pointer generation of the served version",
-                                registry=self.registry)
+        self.served = Gauge("zscl_model_served", "API processes serving this version (1 for the "
+                            "served version with one process)", ["model_version"],
+                            multiprocess_mode="livesum", registry=self.registry)
+        self.generation = Gauge("zscl_model_generation", "Pointer generation of the served "
+                                "version (with several API processes, of the one furthest "
+                                "behind; 0 while one serves nothing yet)",
+                                multiprocess_mode="livemin", registry=self.registry)
         self.head_build = Histogram("zscl_head_build_seconds",
                                     "Time to build one text head for the cache, by cause: a "
                                     "request's miss, a stored label set, a swap's rebuilding",
                                     ["cause"], buckets=HEAD_BUCKETS, registry=self.registry)
+        self.head_hits = Counter("zscl_head_cache_hits", "Text-head cache hits",
+                                 registry=self.registry)
+        self.head_misses = Counter("zscl_head_cache_misses", "Text-head cache misses",
+                                   registry=self.registry)
+        self.queue_images = Gauge("zscl_inference_queue_images", "Images waiting for inference",
+                                  multiprocess_mode="livesum", registry=self.registry)
+        self._heads: HeadCache | None = None
+        self._queue_depth: Callable[[], int] = lambda: 0
+        self._synced_hits = self._synced_misses = 0
 
-    def watch(self, heads: HeadCache, queue_depth) -> None:
-        self.registry.register(_LiveCollector(heads, queue_depth))
+    @property
+    def shared(self) -> bool:
+        """Whether /metrics sums every API process's files (see :func:`shared_across_processes`)."""
+        return shared_across_processes()
+
+    def watch(self, heads: HeadCache, queue_depth: Callable[[], int]) -> None:
+        """Follow the values kept outside these metrics; :meth:`sync` copies them in."""
+        self._heads = heads
+        self._queue_depth = queue_depth
+
+    def sync(self) -> None:
+        """Copy the head cache's hit and miss counts (as increments) and the queue depth into
+        the metrics. Call it from one thread only (the event loop)."""
+        if self._heads is not None:
+            hits, misses = self._heads.hits, self._heads.misses
+            self.head_hits.inc(max(0, hits - self._synced_hits))
+            self.head_misses.inc(max(0, misses - self._synced_misses))
+            self._synced_hits, self._synced_misses = hits, misses
+        self.queue_images.set(self._queue_depth())
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition: this process's registry, or with several API
+        processes every process's files, summed."""
+        self.sync()
+        if not self.shared:
+            return generate_latest(self.registry)
+        directory = os.environ[MULTIPROC_DIR_ENV]  # set, or the library would not be shared
+        _forget_dead_processes(directory)
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process, path=directory)
+        return generate_latest(every_process)
 
     def on_head_built(self, cause: str, seconds: float) -> None:
         self.head_build.labels(cause).observe(seconds)

@@ -7,10 +7,17 @@ it in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import inspect
 import json
 import logging
+import os
+import shutil
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .datasets import add_dataset
@@ -26,24 +33,128 @@ logger = logging.getLogger("zscl")
 
 # -- serve -----------------------------------------------------------------------------------
 
-def cmd_serve(args) -> int:
-    import uvicorn
+GRACEFUL_SHUTDOWN_S = 5   # requests in flight get this long to finish on Ctrl-C / SIGTERM
+# uvicorn's supervisor restarts an API process that does not answer its ping in this long; the
+# answering thread needs Python's lock, which importing torch or loading and tracing a model can
+# hold for seconds at a time (uvicorn's default, 5 s, restarts busy, healthy processes)
+WORKER_HEALTHCHECK_S = 60
+PROCESS_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
-    from service.app import create_app
+
+def cmd_serve(args) -> int:
     from service.bootstrap import describe_served_model
     settings = load_settings()
     if args.host:
         settings.host = args.host
     if args.port is not None:
         settings.port = args.port
+    processes = settings.api_processes
     url = f"http://{settings.host}:{settings.port}"
     mode = f"distributed (Redis {settings.redis_url})" if settings.distributed else "embedded (SQLite, no Redis)"
     print(f"zscl serving at {url}  (API docs: {url}/docs)\n  mode: {mode}; data: {settings.data_dir}; "
-          f"model: {describe_served_model(settings)}\n  press Ctrl-C to stop", flush=True)
-    with embedded_worker(settings):
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=args.log_level, timeout_graceful_shutdown=5)
+          f"model: {describe_served_model(settings)}\n  API processes: {processes} "
+          f"(ZSCL_API_WORKERS)\n  press Ctrl-C to stop", flush=True)
+    if processes == 1:
+        import uvicorn
+
+        from service.app import create_app
+        with embedded_worker(settings), _sigterm_like_ctrl_c():
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                        log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+        return 0
+    return _serve_processes(settings, processes, args.log_level)
+
+
+@contextlib.contextmanager
+def _sigterm_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM as KeyboardInterrupt (which uvicorn.run swallows), so that the embedded worker is
+    stopped too: at SIGTERM's default action this process would end at once and leave it
+    running. Once it has shut down, one uvicorn server raises again the signal that stopped it;
+    and a SIGTERM may come before uvicorn has set its own handlers."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_processes(settings, processes: int, log_level: str) -> int:
+    """``processes`` API processes on one port: uvicorn's workers, each building its own app
+    from the environment (``service.app:create_app`` as a factory), supervised by this one."""
+    import uvicorn
+
+    if "timeout_worker_healthcheck" not in inspect.signature(uvicorn.Config).parameters:
+        sys.exit(f"running {processes} API processes needs uvicorn >= 0.37 (older ones restart a "
+                 f"process busy loading its model after 5 s): pip install -U 'uvicorn>=0.37', "
+                 f"or set ZSCL_API_WORKERS=1")
+    _bootstrap_once(settings)
+    with embedded_worker(settings), _sigterm_like_ctrl_c(), _process_environment(settings, processes):
+        uvicorn.run("service.app:create_app", factory=True, workers=processes,
+                    host=settings.host, port=settings.port, log_level=log_level,
+                    log_config=_process_log_config(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
     return 0
+
+
+def _bootstrap_once(settings) -> None:
+    """Register and serve ``ZSCL_MODEL`` here, before the API processes start, so that they
+    never build the same model at once (the starter takes about a minute); each finds the
+    pointer set. A failure is left to them to report on /readyz, as one process would."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.bootstrap import bootstrap
+    from zscl_core import ZSCLError
+    try:
+        version = bootstrap(settings)
+    except (ZSCLError, OSError, SQLAlchemyError) as exc:
+        logger.error("could not bootstrap ZSCL_MODEL=%r: %s; the API processes will say so on "
+                     "/readyz and wait for a version to be activated", settings.model, exc)
+        return
+    logger.info("serving version %s", version)
+
+
+@contextlib.contextmanager
+def _process_environment(settings, processes: int) -> Iterator[None]:
+    """The environment the API processes are spawned with, restored at the end: what the
+    command line changed (they read ``Settings()`` afresh), torch threads shared out between
+    them unless ``ZSCL_TORCH_THREADS`` is set, and a fresh directory for prometheus_client's
+    multiprocess mode (``service.metrics``), removed at the end. Entered after the embedded
+    worker starts, so that its training keeps every thread."""
+    from service.metrics import MULTIPROC_DIR_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix="zscl-metrics-")
+    values = {"ZSCL_HOST": settings.host, "ZSCL_PORT": str(settings.port),
+              MULTIPROC_DIR_ENV: metrics_dir}
+    if settings.torch_threads is None:
+        values["ZSCL_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _process_log_config() -> dict:
+    """uvicorn's logging, plus the root logger as :func:`main` sets it, naming the process:
+    the API processes are spawned afresh and run no ``main()``."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["zscl"] = {"format": PROCESS_LOG_FORMAT}
+    config["handlers"]["zscl"] = {"class": "logging.StreamHandler", "formatter": "zscl",
+                                  "stream": "ext://sys.stderr"}
+    config["root"] = {"level": "INFO", "handlers": ["zscl"]}
+    config["loggers"]["httpx"] = {"level": "WARNING"}
+    return config
 
 
 def _add_serve(subparsers) -> None:

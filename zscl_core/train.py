@@ -290,13 +290,30 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
     if report_every < 1:
         raise ConfigError(f"report_every must be at least 1, got {report_every}")
     torch.manual_seed(config.seed)
-    student = copy.deepcopy(current).to(device)
-    student.train()
-    if config.norm_stats == "frozen":
-        logger.debug("norm_stats=frozen: %d normalisation layers kept in eval mode",
-                     freeze_norm_stats_(student))
+    student = _student(current, config, device)
     start_state = {k: v.detach().to(device).clone() for k, v in current.state_dict().items()}
     prompts = tokenizer([template.format(c) for c in classnames]).to(device)
+    average, snapshots, losses, data_wait, compute = _train(
+        student, start_state, prompts, task, teacher_model, reference, tokenizer, method=method,
+        config=config, device=device, num_workers=num_workers, report_every=report_every,
+        on_step=on_step, should_cancel=should_cancel)
+    final = student.state_dict()
+    if average is not None:
+        final = average
+    elif method.wise_ft:
+        final = interpolate(start_state, final, config.wise_alpha)
+    return UpdateResult(
+        state_dict={k: v.detach().to("cpu") for k, v in final.items()},
+        steps=config.steps, snapshots=snapshots,
+        last_losses=_floats(losses), data_wait_s=data_wait, compute_s=compute)
+
+
+def _train(student: nn.Module, start_state: dict[str, torch.Tensor], prompts: torch.Tensor,
+           task: Dataset, teacher_model: nn.Module | None, reference: ReferenceSet | None,
+           tokenizer: Callable, *, method: Method, config: UpdateConfig, device: torch.device,
+           num_workers: int, report_every: int, on_step, should_cancel):
+    """Set up the batches and the teacher, run the loop, stop the loader processes; returns
+    (weight average or None, snapshots, last losses, data wait s, compute s)."""
     pin = device.type == "cuda"
     task_workers, ref_workers = _split_workers(
         num_workers, teacher_model is not None and method.distill_on == "reference")
@@ -315,15 +332,17 @@ def run_update(current: nn.Module, tokenizer: Callable, task: Dataset, classname
         for source in batches:
             source.close()
     data_wait = sum(source.wait_s for source in batches)
-    final = student.state_dict()
-    if average is not None:
-        final = average
-    elif method.wise_ft:
-        final = interpolate(start_state, final, config.wise_alpha)
-    return UpdateResult(
-        state_dict={k: v.detach().to("cpu") for k, v in final.items()},
-        steps=config.steps, snapshots=snapshots,
-        last_losses=_floats(losses), data_wait_s=data_wait, compute_s=max(0.0, wall - data_wait))
+    return average, snapshots, losses, data_wait, max(0.0, wall - data_wait)
+
+
+def _student(current: nn.Module, config: UpdateConfig, device: torch.device) -> nn.Module:
+    """A training copy of ``current`` on ``device``, its norm statistics frozen if configured."""
+    student = copy.deepcopy(current).to(device)
+    student.train()
+    if config.norm_stats == "frozen":
+        logger.debug("norm_stats=frozen: %d normalisation layers kept in eval mode",
+                     freeze_norm_stats_(student))
+    return student
 
 
 def _teacher_for(method: Method, classnames: list[str], task: Dataset, *, current: nn.Module,

@@ -131,3 +131,29 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def session_processes(session_id: int) -> list[int]:
+    """The live (not zombie) processes of session ``session_id`` (Linux ``/proc``): for a
+    process started with ``start_new_session=True``, itself and every descendant, even one
+    whose parent died and left it to init."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        state, _ppid, _pgrp, session = text[text.rindex(")") + 2:].split()[:4]
+        if int(session) == session_id and state != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL whatever is left of session ``session_id`` (see :func:`session_processes`): the
+    clean-up of a test whose process may have died before stopping its own children."""
+    for pid in session_processes(session_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

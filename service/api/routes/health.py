@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...schemas import HealthOut
 from ..deps import READ_ACCESS, ServicesDep
@@ -27,7 +27,7 @@ async def readyz(services: ServicesDep):
     return HealthOut(status="ready", model_version=served.version)
 
 
-@router.get("/metrics", dependencies=READ_ACCESS,
-            summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", dependencies=READ_ACCESS, response_class=Response,
+            summary="Prometheus metrics, of every API process of the server")
 async def metrics(services: ServicesDep) -> Response:
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
