@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import Conflict, NotFound
 from .ingest import delete_dataset, ingest_dataset
 from .settings import Settings
-from .tables import Dataset, Job
+from .tables import TERMINAL_STATES, Dataset, Job
 
 __all__ = ["add_dataset", "get_dataset", "list_datasets", "set_suite", "delete", "dataset_out"]
 
@@ -69,20 +69,49 @@ def set_suite(session: Session, dataset_id: str, suite: bool) -> Dataset:
     if suite and session.scalar(select(Job.id).where(Job.dataset_id == dataset_id).limit(1)):
         raise Conflict(f"dataset '{dataset_id}' was used for training; a zero-shot suite must "
                        f"never be trained on: upload another dataset as the suite")
+    if row.is_suite and not suite:
+        _refuse_while_evaluated(session, row, "unregistered as a suite")
     row.is_suite = suite
     session.commit()
     return row
 
 
 def delete(session: Session, settings: Settings, dataset_id: str) -> None:
+    """Delete a dataset no job trained on and, for a suite, none may be evaluating now.
+
+    The row goes first, in a transaction that checks the jobs after the delete is written (the
+    write lock then keeps new jobs out until it commits, on SQLite), and the files after the
+    commit: a job reads the suites when it starts, so one started later never sees this one.
+    """
     row = get_dataset(session, dataset_id)
     used = session.scalar(select(Job.id).where(Job.dataset_id == dataset_id).limit(1))
     if used:
         raise Conflict(f"dataset '{dataset_id}' is used by job '{used}'; it is kept as that "
                        f"job's record")
+    was_suite = row.is_suite
     session.delete(row)
+    session.flush()
+    try:
+        if was_suite:
+            _refuse_while_evaluated(session, row, "deleted")
+    except Conflict:
+        session.rollback()
+        raise
     session.commit()
     delete_dataset(settings.datasets_dir, dataset_id)
+
+
+def _refuse_while_evaluated(session: Session, row: Dataset, change: str) -> None:
+    """Conflict if a job that is not over may evaluate the suite ``row``: every gate scores every
+    suite, from a list each job reads when it starts, on the files as they are when it gets there
+    (so taking a suite away under a running job fails that job)."""
+    active = session.execute(select(Job.id, Job.state).where(Job.state.not_in(TERMINAL_STATES))
+                             .order_by(Job.created_at).limit(1)).first()
+    if active:
+        job_id, state = active
+        raise Conflict(f"suite '{row.id}' ({row.name}) cannot be {change} while job '{job_id}' "
+                       f"({state}) may evaluate it: every gate scores every suite; retry once it "
+                       f"has ended (GET /v1/jobs/{job_id}), or cancel it")
 
 
 def dataset_out(row: Dataset) -> dict[str, Any]:

@@ -1,13 +1,17 @@
 """Job records: creation (idempotent), state transitions, progress, events, cancel, reaping.
 
 Shared by the API and the worker; no web or queue imports. Every state change is a conditional
-UPDATE (``WHERE state IN allowed``), so two processes racing on one job cannot both win.
+UPDATE (``WHERE state IN allowed``), so two processes racing on one job cannot both win, and it
+commits in one transaction with its event: a crash or a failed write leaves both or neither, never
+a state without its event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .errors import Conflict, NotFound
-from .tables import TERMINAL_STATES, Job, JobEvent, utcnow
+from .tables import TERMINAL_STATES, Dataset, Job, JobEvent, utcnow
 
 __all__ = ["create_job", "get_job", "list_jobs", "add_event", "list_events", "transition",
            "request_cancel", "record_progress", "heartbeat", "reap_stale", "job_summary", "ALLOWED"]
@@ -34,29 +38,56 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
+@contextlib.contextmanager
+def _transaction(session: Session) -> Iterator[None]:
+    """Commit what the block wrote, or roll all of it back if the block or the commit fails
+    (the session stays usable)."""
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _missing_dataset(dataset_id: str) -> NotFound:
+    return NotFound(f"dataset '{dataset_id}' does not exist; GET /v1/datasets lists them")
+
+
 def create_job(session: Session, *, dataset_id: str, method: str, hparams: dict[str, Any],
                gate: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Insert a queued job; with an idempotency key seen before, return that job instead.
+    """Insert a queued job and its "queued" event; with an idempotency key seen before, return
+    that job instead.
 
     Returns (job, created).
+
+    Raises:
+        NotFound: the dataset does not exist (or was deleted meanwhile).
     """
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if existing is not None:
             return existing, False
+    if session.get(Dataset, dataset_id) is None:
+        raise _missing_dataset(dataset_id)
     job = Job(id=uuid.uuid4().hex, idempotency_key=idempotency_key, dataset_id=dataset_id,
               method=method, hparams=hparams, gate=gate, state="queued",
               total_steps=int(hparams.get("steps", 0)))
-    session.add(job)
     try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the insert
-        session.rollback()
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is None:
-            raise
-        return existing, False
-    add_event(session, job.id, "state", {"state": "queued"})
+        with _transaction(session):
+            session.add(job)
+            session.flush()  # the job row first: the event refers to it
+            session.add(JobEvent(job_id=job.id, kind="state", data={"state": "queued"}))
+    except IntegrityError:
+        # only a concurrent request with the same key is answered with its job; anything else
+        # (the dataset deleted meanwhile...) is not that, and must not return an unrelated job
+        existing = idempotency_key and session.scalar(
+            select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing:
+            return existing, False
+        if session.get(Dataset, dataset_id) is None:
+            raise _missing_dataset(dataset_id) from None
+        raise
     return job, True
 
 
@@ -74,8 +105,8 @@ def list_jobs(session: Session, *, limit: int = 50, offset: int = 0) -> list[Job
 
 
 def add_event(session: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
-    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
-    session.commit()
+    with _transaction(session):
+        session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
 def list_events(session: Session, job_id: str, *, after: int = 0, limit: int = 100) -> list[JobEvent]:
@@ -94,16 +125,21 @@ def transition(session: Session, job_id: str, state: str, **fields: Any) -> bool
         values.setdefault("heartbeat_at", now)
     if state in TERMINAL_STATES:
         values.setdefault("finished_at", now)
+    with _transaction(session):
+        moved = _move(session, job_id, allowed, values)
+        if moved:
+            data = {"state": state}
+            if fields.get("error"):
+                data["error"] = fields["error"]
+            session.add(JobEvent(job_id=job_id, kind="state", data=data))
+    return moved
+
+
+def _move(session: Session, job_id: str, allowed, values: dict[str, Any]) -> bool:
+    """The conditional UPDATE of a state change, uncommitted; whether it matched."""
     result = session.execute(update(Job).where(Job.id == job_id, Job.state.in_(allowed))
                              .values(**values))
-    session.commit()
-    moved = result.rowcount == 1
-    if moved:
-        data = {"state": state}
-        if fields.get("error"):
-            data["error"] = fields["error"]
-        add_event(session, job_id, "state", data)
-    return moved
+    return result.rowcount == 1
 
 
 def request_cancel(session: Session, job_id: str) -> Job:
@@ -111,34 +147,32 @@ def request_cancel(session: Session, job_id: str) -> Job:
     job = get_job(session, job_id)
     if job.state in TERMINAL_STATES:
         raise Conflict(f"job '{job_id}' already ended ({job.state}); nothing to cancel")
-    session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-    session.commit()
-    # a queued job ends here (the worker skips it); a running one stops at its next check
-    moved = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
-                            .values(state="cancelled", finished_at=utcnow()))
-    session.commit()
-    if moved.rowcount == 1:
-        add_event(session, job_id, "state", {"state": "cancelled"})
-    else:
-        transition(session, job_id, "cancelling")
+    # the flag, the state and its event: one transaction. A queued job ends here (the worker
+    # skips it); a running one stops at its next check.
+    with _transaction(session):
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        if _move(session, job_id, {"queued"}, {"state": "cancelled", "finished_at": utcnow()}):
+            session.add(JobEvent(job_id=job_id, kind="state", data={"state": "cancelled"}))
+        elif _move(session, job_id, ALLOWED["cancelling"], {"state": "cancelling"}):
+            session.add(JobEvent(job_id=job_id, kind="state", data={"state": "cancelling"}))
     return get_job(session, job_id)
 
 
 def record_progress(session: Session, job_id: str, *, step: int, total: int,
                     losses: dict[str, float], eta_s: float | None, event: bool) -> bool:
     """Store progress and a heartbeat; returns whether a cancel was requested."""
-    session.execute(update(Job).where(Job.id == job_id).values(
-        step=step, total_steps=total, losses=losses, eta_s=eta_s, heartbeat_at=utcnow()))
-    session.commit()
-    if event:
-        add_event(session, job_id, "progress", {"step": step, "total": total, "losses": losses,
-                                                "eta_s": eta_s})
+    with _transaction(session):
+        session.execute(update(Job).where(Job.id == job_id).values(
+            step=step, total_steps=total, losses=losses, eta_s=eta_s, heartbeat_at=utcnow()))
+        if event:
+            session.add(JobEvent(job_id=job_id, kind="progress", data={
+                "step": step, "total": total, "losses": losses, "eta_s": eta_s}))
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
 def heartbeat(session: Session, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
-    session.commit()
+    with _transaction(session):
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
 
 
 def reap_stale(session: Session, timeout_s: float) -> list[str]:

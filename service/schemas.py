@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from records.errors import InvalidRequest
 from zscl_core import check_template
 
 __all__ = ["ImageIn", "ClassifyJSON", "LabelScore", "ImagePrediction", "ClassifyResponse",
            "LabelSetIn", "LabelSetOut", "ModelOut", "ModelsOut", "ActivateOut", "HealthOut",
-           "check_templates", "check_labels", "MAX_LABEL_CHARS"]
+           "check_templates", "check_labels", "split_labels", "MAX_LABEL_CHARS"]
 
 
 MAX_LABEL_CHARS = 256  # a label fills one slot of a prompt, and CLIP reads 77 tokens of it
@@ -34,6 +36,30 @@ def check_labels(labels: list) -> list[str]:
     if len(set(cleaned)) != len(cleaned):
         raise ValueError("labels must be unique")
     return cleaned
+
+
+def split_labels(values: list[str]) -> list | None:
+    """The labels of a multipart request: the ``labels`` field repeated, or one value that is a
+    JSON array or comma-separated; None when absent. Items are checked later (:func:`check_labels`).
+
+    Raises:
+        InvalidRequest: the value looks like JSON (starts with '[') but is not, or nests too deep
+            to parse (json raises RecursionError on thousands of '[').
+    """
+    if not values:
+        return None
+    if len(values) == 1:
+        value = values[0].strip()
+        if value.startswith("["):
+            try:
+                return list(json.loads(value))
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"labels looks like JSON but is not: {exc}") from exc
+            except RecursionError as exc:
+                raise InvalidRequest("labels is a JSON array nested too deep to read; send a flat "
+                                     "array of strings, e.g. [\"cat\", \"dog\"]") from exc
+        return [part.strip() for part in value.split(",")]
+    return values
 
 
 def check_templates(templates: list[str] | None) -> list[str] | None:

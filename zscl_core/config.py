@@ -11,6 +11,7 @@ from .errors import ConfigError
 __all__ = ["UpdateConfig"]
 
 NORM_STATS = ("frozen", "adapt")
+MAX_SEED = 2**32 - 1
 _TRAINABLE = re.compile(r"^(all|image|last:[1-9][0-9]*)$")
 
 
@@ -95,7 +96,8 @@ class UpdateConfig:
         need(0 < self.temperature <= 100, f"temperature must be in (0, 100], got {self.temperature}")
         for name in ("kd_image_weight", "kd_text_weight", "l2_weight"):
             need(0 <= getattr(self, name) <= 1e4, f"{name} must be in [0, 1e4], got {getattr(self, name)}")
-        need(self.ensemble_every >= 1, f"ensemble_every must be >= 1, got {self.ensemble_every}")
+        need(1 <= self.ensemble_every <= 1_000_000,
+             f"ensemble_every must be in [1, 1000000] (steps' own cap), got {self.ensemble_every}")
         need(0 <= self.wise_alpha <= 1, f"wise_alpha must be in [0, 1], got {self.wise_alpha}")
         need(1 <= self.grad_accum <= 1024, f"grad_accum must be in [1, 1024], got {self.grad_accum}")
         need(bool(_TRAINABLE.match(self.trainable)),
@@ -104,6 +106,9 @@ class UpdateConfig:
              f"norm_stats must be one of {list(NORM_STATS)}, got {self.norm_stats!r}")
         need(self.max_grad_norm is None or self.max_grad_norm > 0,
              f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
+        # the seed reaches torch.manual_seed, torch.Generator (as seed + 1), random.Random and
+        # numpy; 32 bits suit all of them (numpy's legacy seed takes no more)
+        need(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         need(1 <= self.cancel_check_every <= 10_000,
              f"cancel_check_every must be in [1, 10000], got {self.cancel_check_every}")
 

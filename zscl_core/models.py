@@ -19,7 +19,6 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,13 +27,13 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError
+from .specs import DEFAULT_MAX_MODEL_BYTES, check_spec, resolve_package_path
 
 __all__ = ["LoadedModel", "build_from_spec", "load_named", "load_config_file", "resolve_package_path"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "open_clip_config.json"  # open_clip's own local-dir config name: versions load there too
-PACKAGE_PREFIX = "pkg:"
 
 
 @dataclass
@@ -58,23 +57,6 @@ class LoadedModel:
     spec: dict[str, Any]
     version: str | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_package_path(value: str) -> str:
-    """Turn ``"pkg:<module>/<sub/path>"`` into the file path inside that installed package.
-
-    Specs store package-relative paths (for text towers shipped as PyPI packages) so that a saved
-    version reloads on any machine where the package is installed.
-    """
-    if not value.startswith(PACKAGE_PREFIX):
-        return value
-    module, _, sub = value[len(PACKAGE_PREFIX):].partition("/")
-    try:
-        base = resources.files(module)
-    except ModuleNotFoundError as exc:
-        raise ModelLoadError(f"the model needs the Python package '{module}'; install it "
-                             f"(pip install {module.replace('_', '-')})") from exc
-    return str(base / sub) if sub else str(base)
 
 
 def _resolved_cfg(model_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -118,16 +100,21 @@ def _no_weight_warnings() -> Iterator[None]:
         root.removeFilter(quiet)
 
 
-def build_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu"
+def build_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu", *,
+                    max_bytes: int = DEFAULT_MAX_MODEL_BYTES
                     ) -> tuple[nn.Module, Callable, Callable, Callable]:
     """Build an architecture (random or tower-pretrained weights) from a spec.
 
+    The spec is checked first (:func:`zscl_core.specs.check_spec`: schema, bounds, named towers,
+    memory estimate against ``max_bytes``); nothing is built from one that fails.
+
     Returns (model, preprocess_train, preprocess_val, tokenizer). No CLIP checkpoint is loaded:
     the caller loads its weights (open_clip's "initialized randomly" warning is silenced).
+
+    Raises:
+        ModelLoadError: the spec is off (the message names the field) or open_clip refused it.
     """
-    if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(spec.get("model_cfg", {})):
-        raise ModelLoadError("a model spec needs model_cfg with embed_dim, vision_cfg and text_cfg "
-                             "(see open_clip's model_configs/*.json for examples)")
+    check_spec(spec, max_bytes)
     resolved = {"model_cfg": _resolved_cfg(spec["model_cfg"]),
                 "preprocess_cfg": spec.get("preprocess_cfg", {})}
     # open_clip builds custom architectures through its 'local-dir:' schema; a directory with
@@ -143,7 +130,8 @@ def build_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu"
                     f"local-dir:{tmp}", load_weights=False, device=device,
                     pretrained_text=bool(text_cfg.get("hf_model_pretrained", True)))
             tokenizer = _tokenizer_for(text_cfg, tmp)
-        except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:
+        # AssertionError: open_clip and torch assert on some shapes the schema cannot foresee
+        except (ValueError, RuntimeError, KeyError, TypeError, OSError, AssertionError) as exc:
             raise ModelLoadError(f"could not build the model from its config: {exc}") from exc
     model.eval()
     return model, pre_train, pre_val, tokenizer

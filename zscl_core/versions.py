@@ -4,7 +4,17 @@ A version is a directory ``<root>/<version_id>/`` holding
 - ``open_clip_model.safetensors``: the full state dict;
 - ``open_clip_config.json``: the manifest: ``model_cfg`` and ``preprocess_cfg`` (so open_clip's own
   ``local-dir:`` loader reads it too) and a ``zscl`` section with the version id, the parent
-  version, the sha256 of the weights, the creation time and free-form metadata.
+  version, the sha256 of the weights, the name of the checksum file, the creation time and
+  free-form metadata;
+- ``checksums.sha256``: the sha256 of the manifest and of the weights, in ``sha256sum`` format
+  (``sha256sum -c checksums.sha256`` checks a version by hand).
+
+Loading checks the checksums before it reads anything else, then the manifest's schema, bounds
+and memory estimate (:mod:`zscl_core.specs`), then builds the model. A version saved before the
+checksum file existed (its manifest names none) still loads: its weights are checked against the
+manifest's hash as they always were, and its manifest against the schema and bounds only.
+(A checksum is an integrity check, not a signature: it catches edits, corruption and truncation,
+not someone who rewrites the checksum file too.)
 
 Writes go to a temporary directory that is fsynced and then renamed into place, so a reader sees
 a whole version or none.
@@ -28,12 +38,15 @@ from torch import nn
 
 from .errors import VersionIntegrityError
 from .models import MANIFEST_NAME, LoadedModel, build_from_spec
+from .specs import DEFAULT_MAX_MODEL_BYTES
 
-__all__ = ["save_version", "load_version", "read_manifest", "list_versions", "sha256_file"]
+__all__ = ["save_version", "load_version", "read_manifest", "list_versions", "sha256_file",
+           "CHECKSUMS_NAME", "WEIGHTS_NAME"]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
+CHECKSUMS_NAME = "checksums.sha256"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -79,10 +92,13 @@ def save_version(root: str | Path, model: nn.Module, spec: dict[str, Any], *,
             "model_cfg": spec["model_cfg"],
             "preprocess_cfg": spec.get("preprocess_cfg", {}),
             "zscl": {"version": version_id, "parent": parent, "weights_sha256": digest,
-                     "created_at": time.time(), "metadata": metadata or {}},
+                     "checksums": CHECKSUMS_NAME, "created_at": time.time(),
+                     "metadata": metadata or {}},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        for path in (weights, tmp / MANIFEST_NAME, tmp):
+        sums = {MANIFEST_NAME: sha256_file(tmp / MANIFEST_NAME), WEIGHTS_NAME: digest}
+        (tmp / CHECKSUMS_NAME).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
+        for path in (weights, tmp / MANIFEST_NAME, tmp / CHECKSUMS_NAME, tmp):
             _fsync_path(path)
         final = root / version_id
         if final.exists():
@@ -111,31 +127,102 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of the version in directory ``path``."""
-    manifest_path = Path(path) / MANIFEST_NAME
+    """The manifest of the version in directory ``path`` (parsed, not checked against its
+    checksum: :func:`load_version` does that)."""
+    return _parse_manifest(_manifest_bytes(Path(path)), Path(path) / MANIFEST_NAME)
+
+
+def _manifest_bytes(path: Path) -> bytes:
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError as exc:
+        return (path / MANIFEST_NAME).read_bytes()
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise VersionIntegrityError(f"{path} is not a saved version (no {MANIFEST_NAME}); "
                                     f"pick a directory listed by list_versions()") from exc
-    except json.JSONDecodeError as exc:
+
+
+def _parse_manifest(data: bytes, manifest_path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise VersionIntegrityError(f"manifest {manifest_path} is not UTF-8 JSON ({exc}); restore "
+                                    f"it or activate another version") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise VersionIntegrityError(f"manifest {manifest_path} is corrupt: {exc}") from exc
-    if "zscl" not in manifest or "weights_sha256" not in manifest["zscl"]:
+    zscl = manifest.get("zscl") if isinstance(manifest, dict) else None
+    if not isinstance(zscl, dict) or not isinstance(zscl.get("weights_sha256"), str):
         raise VersionIntegrityError(f"manifest {manifest_path} lacks the zscl section; it was "
                                     f"not written by save_version")
+    if not isinstance(zscl.get("version"), str) or not isinstance(zscl.get("created_at"), (int, float)):
+        raise VersionIntegrityError(f"manifest {manifest_path} has no version id or creation time "
+                                    f"in its zscl section; restore it or activate another version")
     return manifest
 
 
-def load_version(path: str | Path, device: str | torch.device = "cpu",
-                 verify: bool = True) -> LoadedModel:
-    """Load a saved version, checking the weights' sha256 and every key (strict).
+def _read_checksums(path: Path) -> dict[str, str] | None:
+    """{file name: sha256} from the version's checksum file; None when there is none."""
+    try:
+        text = (path / CHECKSUMS_NAME).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise VersionIntegrityError(f"{CHECKSUMS_NAME} of version {path.name} is unreadable "
+                                    f"({exc}); restore it or activate another version") from exc
+    sums = {}
+    for line in text.splitlines():  # sha256sum's format: "<hex>  <file name>"
+        digest, _, name = line.partition("  ")
+        sums[name] = digest
+    if set(sums) != {MANIFEST_NAME, WEIGHTS_NAME}:
+        raise VersionIntegrityError(f"{CHECKSUMS_NAME} of version {path.name} must list "
+                                    f"{MANIFEST_NAME} and {WEIGHTS_NAME}, lists {sorted(sums)}; "
+                                    f"restore it or activate another version")
+    return sums
+
+
+def _verified_manifest(path: Path, verify: bool) -> dict[str, Any]:
+    """The manifest, after its checksum (if the version has one) matched; raises
+    VersionIntegrityError otherwise."""
+    data = _manifest_bytes(path)
+    sums = _read_checksums(path) if verify else None
+    if sums is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sums[MANIFEST_NAME]:
+            raise VersionIntegrityError(
+                f"manifest of version {path.name} was modified (sha256 {actual[:12]}..., "
+                f"{CHECKSUMS_NAME} says {sums[MANIFEST_NAME][:12]}...); restore it or activate "
+                f"another version")
+    manifest = _parse_manifest(data, path / MANIFEST_NAME)
+    if verify and sums is None:
+        if manifest["zscl"].get("checksums"):
+            raise VersionIntegrityError(f"{CHECKSUMS_NAME} is missing from version {path.name}, "
+                                        f"whose manifest names it; restore it or activate another "
+                                        f"version")
+        logger.warning("version %s predates manifest checksums: its manifest is checked against "
+                       "bounds only (save it again to cover the manifest too)", path.name)
+    if sums is not None and sums[WEIGHTS_NAME] != manifest["zscl"]["weights_sha256"]:
+        raise VersionIntegrityError(f"{CHECKSUMS_NAME} and the manifest of version {path.name} "
+                                    f"disagree on the weights' sha256; restore the version or "
+                                    f"activate another")
+    return manifest
+
+
+def load_version(path: str | Path, device: str | torch.device = "cpu", verify: bool = True,
+                 max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
+    """Load a saved version: checksums, then the manifest's checks, then the model (strict keys).
+
+    Args:
+        path: the version directory.
+        device: where to put the model.
+        verify: check the manifest's and the weights' sha256 (off only for trusted copies).
+        max_bytes: the memory cap of the model's estimate (:func:`zscl_core.specs.check_spec`).
 
     Raises:
-        VersionIntegrityError: the manifest is missing or corrupt, the weights do not match their
-            recorded hash, or keys are missing or unexpected.
+        VersionIntegrityError: the manifest is missing, corrupt or modified, the weights do not
+            match their recorded hash, or keys or shapes do not fit the architecture.
+        ModelLoadError: the manifest asks for an architecture out of bounds, over the memory cap,
+            or with a tower that does not exist here (the message names the field).
     """
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest = _verified_manifest(path, verify)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise VersionIntegrityError(f"version {path.name} has no weights file {WEIGHTS_NAME}")
@@ -144,15 +231,19 @@ def load_version(path: str | Path, device: str | torch.device = "cpu",
         raise VersionIntegrityError(
             f"weights of version {path.name} were modified (sha256 {actual[:12]}..., manifest "
             f"says {expected[:12]}...); restore the file or activate another version")
-    model, pre_train, pre_val, tokenizer = build_from_spec(manifest, device)
+    model, pre_train, pre_val, tokenizer = build_from_spec(manifest, device, max_bytes=max_bytes)
     state = load_file(str(weights), device=str(device))
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape than the architecture's
+        raise VersionIntegrityError(f"version {path.name} does not fit its architecture: "
+                                    f"{str(exc)[:500]}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise VersionIntegrityError(
             f"version {path.name} does not fit its architecture: missing keys "
             f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}")
     model.eval()
-    spec = {"model_cfg": manifest["model_cfg"], "preprocess_cfg": manifest["preprocess_cfg"]}
+    spec = {"model_cfg": manifest["model_cfg"], "preprocess_cfg": manifest.get("preprocess_cfg", {})}
     return LoadedModel(model, pre_train, pre_val, tokenizer, spec,
                        version=manifest["zscl"]["version"], manifest=manifest)
 

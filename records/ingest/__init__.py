@@ -30,8 +30,9 @@ from .store import (
                     load_dataset_dir,
                     read_dataset,
                     remove_stale_temp_dirs,
+                    upload_spool,
 )
 
 __all__ = ["IngestLimits", "IngestedDataset", "DatasetTooLarge", "UnsafeArchive", "UnsupportedUpload",
            "ingest_dataset", "read_dataset", "load_dataset_dir", "evaluation_images", "delete_dataset",
-           "remove_stale_temp_dirs", "ARCHIVE_CONTENT_TYPES"]
+           "remove_stale_temp_dirs", "upload_spool", "ARCHIVE_CONTENT_TYPES"]

@@ -4,16 +4,21 @@ directory and published with one rename, and reading, loading and deleting store
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from zscl_core import LabelledImages, scan_image_folder
 from zscl_core.data import class_name_from_folder
@@ -26,6 +31,7 @@ from .layout import assign_layout, image_suffix, plan_splits
 logger = logging.getLogger(__name__)
 
 _TMP_PREFIX = ".tmp-"
+_UPLOAD_PREFIX = ".upload-"
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -171,11 +177,39 @@ def delete_dataset(store_root: Path, dataset_id: str) -> bool:
     return True
 
 
-def remove_stale_temp_dirs(store_root: Path, older_than_s: float = 3600.0) -> int:
-    """Remove ``.tmp-*`` directories a killed process left behind; returns how many.
+@contextlib.contextmanager
+def upload_spool(store_root: str | Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """A private file to spool an upload into, ``<store_root>/.upload-<random>``, removed on exit.
 
-    Call it at start-up; ``older_than_s`` must exceed the longest ingestion, since a directory
-    still being filled looks the same.
+    Yields (path, open binary file). The file is locked (``flock``) for as long as it exists, so
+    :func:`remove_stale_temp_dirs` tells the spool of a live upload (locked) from one a crashed
+    process left (the kernel dropped its lock).
+    """
+    store_root = Path(store_root)
+    store_root.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd, name = tempfile.mkstemp(prefix=_UPLOAD_PREFIX, dir=store_root)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:  # a cleaner got its lock first and unlinked it: take another
+            break
+        os.close(fd)
+    path, fh = Path(name), os.fdopen(fd, "w+b")
+    try:
+        yield path, fh
+    finally:
+        path.unlink(missing_ok=True)  # still locked: no cleaner can race the unlink
+        fh.close()  # releases the lock
+
+
+def remove_stale_temp_dirs(store_root: Path, older_than_s: float = 3600.0) -> int:
+    """Remove what killed processes left behind; returns how many entries it removed.
+
+    - ``.tmp-*`` directories (ingestions) older than ``older_than_s``: that age must exceed the
+      longest ingestion, since a directory still being filled looks the same;
+    - ``.upload-*`` spools (request bodies, up to ZSCL_MAX_DATASET_BYTES each) that no live
+      process holds locked (:func:`upload_spool`), whatever their age.
+
+    Call it at start-up.
     """
     store_root = Path(store_root)
     if not store_root.is_dir():
@@ -183,6 +217,9 @@ def remove_stale_temp_dirs(store_root: Path, older_than_s: float = 3600.0) -> in
     cutoff = time.time() - older_than_s
     removed = 0
     for entry in store_root.iterdir():
+        if entry.name.startswith(_UPLOAD_PREFIX):
+            removed += _remove_unlocked_spool(entry)
+            continue
         try:
             stale = entry.name.startswith(_TMP_PREFIX) and entry.stat().st_mtime < cutoff
         except FileNotFoundError:  # its owner finished meanwhile
@@ -191,6 +228,25 @@ def remove_stale_temp_dirs(store_root: Path, older_than_s: float = 3600.0) -> in
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
+
+
+def _remove_unlocked_spool(path: Path) -> int:
+    """Unlink the spool ``path`` if no process holds its lock; 1 if it did."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, OSError):  # finished meanwhile, or not a plain file we made
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a live upload holds it
+        os.close(fd)
+        return 0
+    try:  # unlinked while locked: an uploader that locks it next sees st_nlink == 0
+        path.unlink(missing_ok=True)
+        logger.info("removed the upload spool %s a stopped process left", path.name)
+        return 1
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,6 +91,9 @@ def test_missing_key_is_refused(tiny, tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["zscl"]["weights_sha256"] = sha256_file(weights)
     manifest_path.write_text(json.dumps(manifest))
+    # checksums consistent with the edit: the version is whole, just not this architecture's
+    (tmp_path / vid / "checksums.sha256").write_text(
+        f"{sha256_file(manifest_path)}  open_clip_config.json\n{sha256_file(weights)}  {WEIGHTS_NAME}\n")
     with pytest.raises(VersionIntegrityError, match="missing keys.*text_projection"):
         load_model(tmp_path / vid)
 

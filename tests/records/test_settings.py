@@ -35,5 +35,5 @@ def test_bad_values_fail_fast(field, value, message):
 def test_the_micro_batch_defaults_to_the_device(monkeypatch):
     monkeypatch.delenv("ZSCL_BATCH_MAX_SIZE", raising=False)
     assert Settings(device="cpu").max_batch == 8
-    assert Settings(device="cuda").max_batch == 32
+    assert Settings(device="cuda").max_batch == 128
     assert Settings(device="cpu", batch_max_size=20).max_batch == 20

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
@@ -14,7 +13,8 @@ from starlette.exceptions import HTTPException
 from records.errors import InvalidRequest, UnsupportedMediaType
 
 from ...classify import Classification
-from ...schemas import ClassifyJSON, ClassifyResponse, ImageIn, ImagePrediction, LabelScore
+from ...schemas import (ClassifyJSON, ClassifyResponse, ImageIn, ImagePrediction, LabelScore,
+                         split_labels)
 from .. import API_V1
 from ..deps import ServicesDep, require_inference
 
@@ -57,20 +57,6 @@ OPENAPI_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-def _split_labels(values: list[str]) -> list[str] | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        value = values[0].strip()
-        if value.startswith("["):
-            try:
-                return list(json.loads(value))  # classify refuses items that are not strings
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(f"labels looks like JSON but is not: {exc}") from exc
-        return [part.strip() for part in value.split(",")]
-    return values
-
-
 async def _from_multipart(request: Request, max_files: int) -> dict:
     try:
         form = await request.form(max_files=max_files + 1, max_fields=10_000)
@@ -88,7 +74,7 @@ async def _from_multipart(request: Request, max_files: int) -> dict:
             top_k_value = int(top_k[0]) if top_k else 5
         except ValueError as exc:
             raise InvalidRequest("top_k must be an integer") from exc
-        return {"files": images, "labels": _split_labels(text("labels")),
+        return {"files": images, "labels": split_labels(text("labels")),
                 "label_set": (text("label_set") or [None])[0], "templates": text("templates") or None,
                 "top_k": top_k_value}
     finally:

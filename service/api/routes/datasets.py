@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -12,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from records import datasets
 from records.errors import PayloadTooLarge
+from records.ingest import upload_spool
 
 from ...job_schemas import DatasetOut, SuiteIn
 from .. import API_V1
@@ -53,23 +52,20 @@ async def upload(request: Request, services: ServicesDep,
     if length and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"the archive is {int(length)} bytes; the limit is {limit} "
                               f"(ZSCL_MAX_DATASET_BYTES)")
-    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=settings.datasets_dir)
-    try:
+    # the spool is locked while it exists: start-up removes only the spools of dead processes
+    with upload_spool(settings.datasets_dir) as (spool, fh):
         received = 0
-        with os.fdopen(fd, "wb") as fh:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise PayloadTooLarge(f"the archive is larger than the limit of {limit} bytes "
-                                          f"(ZSCL_MAX_DATASET_BYTES)")
-                fh.write(chunk)
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"the archive is larger than the limit of {limit} bytes "
+                                      f"(ZSCL_MAX_DATASET_BYTES)")
+            fh.write(chunk)
+        fh.flush()
         row, created = await run_in_threadpool(
-            datasets.add_dataset, services.sessions, settings, tmp, name=name, suite=suite,
+            datasets.add_dataset, services.sessions, settings, spool, name=name, suite=suite,
             content_type=request.headers.get("content-type"), test_fraction=test_fraction,
             seed=seed)
-    finally:
-        os.unlink(tmp)
     body = datasets.dataset_out(row)
     return JSONResponse(DatasetOut(**body).model_dump(mode="json"), status_code=201 if created else 200)
 

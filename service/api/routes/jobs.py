@@ -21,6 +21,8 @@ from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
 router = APIRouter(prefix=f"{API_V1}/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+#: a row offset or an event id: SQL's 64-bit integers (SQLite overflows past them)
+RowIndex = Annotated[int, Query(ge=0, le=2**63 - 1)]
 
 
 @router.post("", status_code=202, response_model=JobOut, dependencies=[Depends(require_admin)],
@@ -37,7 +39,7 @@ def create(body: JobIn, services: ServicesDep,
 @router.get("", dependencies=READ_ACCESS,
             response_model=list[JobOut], summary="Jobs, newest first")
 def list_all(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-             offset: Annotated[int, Query(ge=0)] = 0) -> list[JobOut]:
+             offset: RowIndex = 0) -> list[JobOut]:
     return [JobOut(**jobs.job_summary(j)) for j in jobs.list_jobs(session, limit=limit, offset=offset)]
 
 
@@ -49,7 +51,7 @@ def get_one(job_id: JobId, session: SessionDep) -> JobOut:
 
 @router.get("/{job_id}/events", dependencies=READ_ACCESS,
             response_model=JobEventsOut, summary="A job's events, oldest first")
-def events(job_id: JobId, session: SessionDep, after: Annotated[int, Query(ge=0)] = 0,
+def events(job_id: JobId, session: SessionDep, after: RowIndex = 0,
            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobEventsOut:
     jobs.get_job(session, job_id)
     rows = jobs.list_events(session, job_id, after=after, limit=limit)
@@ -61,7 +63,7 @@ def events(job_id: JobId, session: SessionDep, after: Annotated[int, Query(ge=0)
             summary="A job's events as server-sent events",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def stream(job_id: JobId, services: ServicesDep, after: Annotated[int, Query(ge=0)] = 0,
+async def stream(job_id: JobId, services: ServicesDep, after: RowIndex = 0,
                  poll_s: Annotated[float, Query(gt=0, le=10)] = 0.5) -> StreamingResponse:
     with services.sessions() as session:
         jobs.get_job(session, job_id)
