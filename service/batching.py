@@ -7,6 +7,12 @@ hands each request its answer, then gathers the next batch itself. The event loo
 jobs and receives answers: a busy loop (parsing HTTP for many connections) never leaves the
 model idle between batches. Jobs of different model versions (during a swap) are encoded
 separately, each by its own model.
+
+Each request gets its image features on the host: the inference thread makes one host copy per
+batch (on CUDA: pixels staged in pinned memory and copied over asynchronously, features copied
+back into pinned memory, then one synchronisation, on that thread). A request then ranks on the
+host, against the host copy of its text head that the head cache keeps, so no coroutine ever
+waits on the device from the event loop, behind the next batch's forward.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from records.errors import NotReady, QueueFull
 
 from .serving import ServedModel
 
-__all__ = ["MicroBatcher", "Ranked", "rank"]
+__all__ = ["MicroBatcher", "Ranked", "rank", "to_device", "to_host"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +42,49 @@ Ranked = list[list[tuple[int, float]]]  # per image: (class index, probability),
 class _Job:
     served: ServedModel
     pixels: torch.Tensor  # (n, 3, H, W)
-    future: asyncio.Future  # the images' features, (n, dim)
+    future: asyncio.Future  # the images' float32 features on the host, (n, dim)
 
 
 def rank(served: ServedModel, features: torch.Tensor, head: torch.Tensor, top_k: int) -> Ranked:
-    """The ``top_k`` labels of each image, by the served model's scaled-cosine softmax."""
-    probs = (served.logit_scale * features @ head.to(features.device)).softmax(dim=-1)
+    """The ``top_k`` labels of each image, by the served model's scaled-cosine softmax, in float32.
+
+    The service calls it on the event loop with host tensors (:func:`run_batch`'s features and
+    :meth:`ServedModel.build_head`'s head), where it never waits on a device."""
+    logits = served.logit_scale * features.float() @ head.to(features.device, torch.float32)
+    probs = logits.softmax(dim=-1)
     values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices.cpu(), values.cpu())]
 
 
+def to_device(pixels: list[torch.Tensor], device: str) -> torch.Tensor:
+    """The jobs' pixels as one batch on ``device``. On CUDA they are concatenated into pinned
+    memory and copied asynchronously (the forward queues behind the copy on the same stream);
+    elsewhere they are only concatenated (:meth:`ServedModel.encode_images` moves them)."""
+    if torch.device(device).type != "cuda":
+        return torch.cat(pixels)
+    staged = torch.empty((sum(len(p) for p in pixels), *pixels[0].shape[1:]),
+                         dtype=pixels[0].dtype, pin_memory=True)
+    torch.cat(pixels, out=staged)
+    # torch's pinned-memory cache keeps ``staged`` from reuse until this copy has completed
+    return staged.to(device, non_blocking=True)
+
+
+def to_host(features: torch.Tensor) -> torch.Tensor:
+    """``features`` on the host: the batch's one copy and one device synchronisation. On CUDA
+    the copy goes into pinned memory without blocking, then this thread waits for the stream."""
+    if features.device.type == "cpu":
+        return features
+    if features.device.type != "cuda":
+        return features.cpu()
+    host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+    host.copy_(features, non_blocking=True)
+    torch.cuda.current_stream(features.device).synchronize()
+    return host
+
+
 def run_batch(jobs: list[_Job]) -> list[torch.Tensor | BaseException]:
-    """Encode the jobs' images, one forward per model version: each job's image features.
+    """Encode the jobs' images, one forward per model version: each job's float32 image
+    features, on the host (:func:`to_host`, one copy per forward).
 
     Only the forward runs here, on the inference thread; each request ranks its own labels
     (:func:`rank`, about a millisecond at most) when its features arrive. Every small torch call on
@@ -58,8 +95,10 @@ def run_batch(jobs: list[_Job]) -> list[torch.Tensor | BaseException]:
     for job in jobs:
         by_model.setdefault(id(job.served), []).append(job)
     for group in by_model.values():
+        served = group[0].served
         try:
-            features = group[0].served.encode_images(torch.cat([job.pixels for job in group]))
+            pixels = to_device([job.pixels for job in group], served.device)
+            features = to_host(served.encode_images(pixels))
             for job, part in zip(group, features.split([len(job.pixels) for job in group])):
                 results[id(job)] = part
         except Exception as exc:  # e.g. out of memory: fail these jobs only, keep serving
@@ -149,7 +188,8 @@ class MicroBatcher:
                      top_k: int) -> Ranked:
         """Rank ``head``'s labels for each image; the images join the next batch.
 
-        Call :meth:`admit` first with ``len(pixels)``.
+        Call :meth:`admit` first with ``len(pixels)``. ``head`` is best on the host (as
+        :meth:`ServedModel.build_head` gives it): the ranking runs here, on the event loop.
         """
         n = len(pixels)
         job = _Job(served, pixels, asyncio.get_running_loop().create_future())

@@ -37,7 +37,7 @@ def build_services(settings: Settings) -> Services:
     sessions = db.make_session_factory(engine)
     metrics = Metrics()
     holder = ModelHolder(sessions, settings.torch_device, head_cache_size=settings.head_cache_size,
-                         trace_images=settings.trace_images,
+                         dtype=settings.served_dtype, trace_images=settings.trace_images,
                          on_swap=metrics.on_swap,
                          on_failure=lambda version, exc: metrics.swap_failures.inc(),
                          on_head_built=metrics.on_head_built)

@@ -9,29 +9,39 @@ text head always come from the same version, and in-flight requests finish on th
 Text heads are built ahead of requests where that is known to pay: a stored label set's head
 when it is stored (:meth:`ModelHolder.warm_head`), and after a swap, the old version's most
 recently used heads for the new version, before the swap call returns.
+
+Precision: a version can be served in bfloat16 or float16 (``ZSCL_INFERENCE_DTYPE``). Each tower's
+weights are cast, except the logit scale, and only where the cast tower still agrees with float32
+on probe inputs (:func:`lower_precision_`): the starter's EfficientNet image tower does not, and
+stays float32. Image features and text heads always come out float32, normalised in float32, and
+heads are kept on the host, where requests rank.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
 from records import registry
 from records.errors import NotReady
-from zscl_core import DEFAULT_TEMPLATES, HeadCache, ZSCLError, build_head, load_version
+from zscl_core import DEFAULT_TEMPLATES, ConfigError, HeadCache, ZSCLError, build_head, load_version
+from zscl_core.reference import photo_crops
 
-__all__ = ["ServedModel", "load_served", "frozen_image_encoder", "ModelHolder"]
+__all__ = ["ServedModel", "load_served", "frozen_image_encoder", "image_features", "lower_precision_",
+           "resolve_dtype", "ModelHolder"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,18 @@ WARMUP_TEMPLATES = ("a photo of a {}.",)
 RETRY_FIRST_S = 1.0  # a version that failed to load (files still arriving?) is retried with
 RETRY_MAX_S = 60.0   # exponential back-off, so a fixed version is picked up without a restart
 REWARM_HEADS = 16    # heads rebuilt for a new version after a swap, the most recently used first
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A tower served in reduced precision must keep every probe's feature within this cosine of its
+# float32 feature. Lowest probe cosines in bfloat16: ViT-B-16 (random weights) 0.99995 image,
+# 0.99994 text; the starter's MiniLM text tower 0.99986, but its EfficientNet image tower 0.9963
+# (0.977 on CIFAR-10 test images, where it flips 3% of the top-1 answers whether cast, autocast
+# or with its BatchNorms kept in float32; see docs/serving.md).
+AGREEMENT_COSINE = 0.999
+PROBE_IMAGES = 8
+PROBE_PROMPTS = tuple(f"a photo of a {name}." for name in
+                      ("cat", "dog", "car", "airplane", "bird", "ship", "flower", "person"))
+KEEP_FLOAT32 = ("logit_scale", "logit_bias")  # exp() of a bfloat16 log(100) is off by up to 1.6%
 
 
 @dataclass(eq=False)
@@ -54,47 +76,154 @@ class ServedModel:
     logit_scale: float
     loaded_at: float = field(default_factory=time.time)
     image_graph: torch.jit.ScriptModule | None = None  # see frozen_image_encoder
+    image_dtype: torch.dtype = torch.float32  # the towers' weights (see lower_precision_)
+    text_dtype: torch.dtype = torch.float32
+
+    @property
+    def precision(self) -> str:
+        """The towers' precision in words, e.g. 'bfloat16 (image tower float32)'."""
+        image, text = (str(d).removeprefix("torch.") for d in (self.image_dtype, self.text_dtype))
+        return image if image == text else f"{text} (image tower {image})"
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised image features of a preprocessed batch, (n, dim)."""
-        pixels = pixels.to(self.device)
+        """Float32 image features of a preprocessed batch, normalised in float32, (n, dim), on
+        the model's device (the batcher copies them to the host, once per batch)."""
+        pixels = pixels.to(self.device, non_blocking=True)  # a no-op where staged there already
         if self.image_graph is not None:
-            return self.image_graph(pixels).float()
-        return self.model.encode_image(pixels, normalize=True).float()
+            return self.image_graph(pixels)
+        return image_features(self.model, pixels, self.image_dtype)
 
     @torch.inference_mode()
     def build_head(self, classnames, templates, should_stop=None) -> torch.Tensor:
-        return build_head(self.model, self.tokenizer, classnames, templates, device=self.device,
-                          should_stop=should_stop).float()
+        """The labels' text head, (dim, classes): encoded on the model's device, returned as a
+        float32 copy on the host, where requests rank (and what the head cache keeps)."""
+        head = build_head(self.model, self.tokenizer, classnames, templates, device=self.device,
+                          should_stop=should_stop)
+        return head.to("cpu", torch.float32)
+
+
+def image_features(model: nn.Module, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``model``'s image features of float32 ``pixels``, computed in ``dtype`` (the image tower's
+    weights), returned float32 and normalised in float32."""
+    return F.normalize(model.encode_image(pixels.to(dtype)).float(), dim=-1)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype of an inference precision name ('float32', 'bfloat16', 'float16')."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown inference precision {dtype!r}; use one of {', '.join(DTYPES)} "
+                          f"(ZSCL_INFERENCE_DTYPE, or auto)")
+    return DTYPES[dtype]
+
+
+def _tower_tensors(model: nn.Module, image: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """The floating-point parameters and buffers of the image tower (``model.visual``) or, with
+    ``image`` False, of everything else but the logit scale and bias (the text tower)."""
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and name not in KEEP_FLOAT32 \
+                and name.startswith("visual.") == image:
+            yield name, tensor
+
+
+@torch.no_grad()
+def _cast_tower_(model: nn.Module, image: bool, dtype: torch.dtype
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cast one tower's tensors to ``dtype`` in place; returns (tensor, its float32 data) pairs."""
+    originals = [(tensor, tensor.data) for _, tensor in _tower_tensors(model, image)]
+    for tensor, data in originals:
+        tensor.data = data.to(dtype)
+    return originals
+
+
+def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The lowest cosine between matching rows of two normalised feature sets, computed as
+    ``1 - |a - b|^2 / 2``: the cosine for unit rows, and 1 where both rows are zero (a tower
+    that maps a probe to nothing, as the test's colour model does a word it does not know)."""
+    return float(1 - (a.float() - b.float()).pow(2).sum(dim=-1).max() / 2)
+
+
+def lower_precision_(model: nn.Module, dtype: torch.dtype, pixels: torch.Tensor,
+                     tokens: torch.Tensor) -> tuple[torch.dtype, torch.dtype, dict[str, float]]:
+    """Cast each tower of ``model`` to ``dtype`` in place where it still agrees with float32.
+
+    The weights are cast, sparing autocast's casts on every forward. A tower whose features on
+    the probes fall below :data:`AGREEMENT_COSINE` of its float32 features (or whose forward
+    fails in ``dtype``) is restored to float32, unchanged, with a warning. The logit scale stays
+    float32.
+
+    Args:
+        model: a float32 open_clip model (image tower ``model.visual``), in eval mode.
+        dtype: the precision asked for.
+        pixels: preprocessed probe images, float32, on the model's device.
+        tokens: tokenised probe prompts, on the model's device.
+
+    Returns:
+        (image tower dtype, text tower dtype, each tower's lowest probe cosine to float32).
+    """
+    def encode(tower: str, weights: torch.dtype) -> torch.Tensor:
+        with torch.inference_mode():
+            return (image_features(model, pixels, weights) if tower == "image"
+                    else F.normalize(model.encode_text(tokens).float(), dim=-1))
+
+    reference = {tower: encode(tower, torch.float32) for tower in ("image", "text")}
+    chosen, cosines = {}, {}
+    for tower in ("image", "text"):
+        originals = _cast_tower_(model, tower == "image", dtype)
+        try:
+            cosines[tower] = _min_cosine(encode(tower, dtype), reference[tower])
+        except RuntimeError as exc:  # an op without a kernel for this dtype on this device
+            logger.warning("the %s tower does not run in %s here (%s)", tower, dtype, exc)
+            cosines[tower] = float("nan")
+        chosen[tower] = dtype if cosines[tower] >= AGREEMENT_COSINE else torch.float32
+        if chosen[tower] != dtype:
+            logger.warning("the %s tower stays float32: in %s its features on probe photos and "
+                           "prompts fell to cosine %.4f of float32's (the bar is %.3f)", tower,
+                           str(dtype).removeprefix("torch."), cosines[tower], AGREEMENT_COSINE)
+            for tensor, data in originals:
+                tensor.data = data
+    return chosen["image"], chosen["text"], cosines
 
 
 class _EncodeImage(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
         self.model = model
+        self.dtype = dtype
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels, normalize=True)
+        return image_features(self.model, pixels, self.dtype)
 
 
-def frozen_image_encoder(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:
-    """``model.encode_image(x, normalize=True)`` traced and frozen into a TorchScript graph, or
-    None if it cannot be (logged). Why: the graph runs its whole forward inside torch, without
+def _graph_agrees(graph: torch.Tensor, eager: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Float32: to 1e-4. Reduced precision: to the cosine a reduced tower keeps to float32
+    (freezing folds BatchNorm into convolution weights in that precision; the starter's image
+    tower in bfloat16 kept 0.998)."""
+    if dtype == torch.float32:
+        return torch.allclose(graph, eager, atol=1e-4)
+    return _min_cosine(graph, eager) >= AGREEMENT_COSINE
+
+
+def frozen_image_encoder(model: nn.Module, example: torch.Tensor,
+                         dtype: torch.dtype = torch.float32) -> torch.jit.ScriptModule | None:
+    """:func:`image_features` in ``dtype`` traced and frozen into a TorchScript graph, or None if
+    it cannot be (logged). Why: the graph runs its whole forward inside torch, without
     taking Python's lock between layers, so the inference thread no longer waits on the threads
     that parse HTTP and decode images (on 2 CPU cores an eager 16-image forward slowed from
     ~115 ms to 160-230 ms beside one busy Python thread). The graph is checked against the eager
-    model on two batch sizes before it is used."""
+    model on two batch sizes before it is used, with a tolerance for ``dtype``
+    (:func:`_graph_agrees`)."""
     try:
+        eager_encoder = _EncodeImage(model, dtype).eval()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-            graph = torch.jit.freeze(torch.jit.trace(_EncodeImage(model).eval(), example,
-                                                     check_trace=False))
+            graph = torch.jit.freeze(torch.jit.trace(eager_encoder, example, check_trace=False))
             for n in (1, 3):
                 pixels = torch.randn(n, *example.shape[1:], generator=torch.Generator().manual_seed(n))
                 pixels = pixels.to(example.device)
-                eager = model.encode_image(pixels, normalize=True)
-                if not torch.allclose(graph(pixels), eager, atol=1e-4):
+                if not _graph_agrees(graph(pixels), eager_encoder(pixels), dtype):
                     raise RuntimeError(f"traced features differ from eager ones at batch {n}")
         return graph
     except Exception as exc:  # noqa: BLE001 - any tracing failure just means: stay eager
@@ -102,19 +231,38 @@ def frozen_image_encoder(model: nn.Module, example: torch.Tensor) -> torch.jit.S
         return None
 
 
+def _probes(served: ServedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe inputs for :func:`lower_precision_`: crops of scikit-image's sample photos (no
+    evaluation set's images) and a few prompts, on the model's device."""
+    pixels = torch.stack([served.preprocess(crop) for crop in photo_crops(PROBE_IMAGES)])
+    return pixels.to(served.device), served.tokenizer(list(PROBE_PROMPTS)).to(served.device)
+
+
 def load_served(path: Path, version: str, generation: int, device: str, *,
-                trace_images: bool = True) -> ServedModel:
+                dtype: str | torch.dtype = "float32", trace_images: bool = True) -> ServedModel:
     """Load a saved version and warm it (one image and one text forward) so its first request
-    pays no lazy-initialisation cost; with ``trace_images`` encode images with
-    :func:`frozen_image_encoder`. Blocking: call it in a thread."""
+    pays no lazy-initialisation cost. Blocking: call it in a thread.
+
+    Args:
+        path, version, generation: the saved version and what the pointer calls it.
+        device: where the model runs.
+        dtype: the towers' precision, 'float32', 'bfloat16' or 'float16'; each tower gets it
+            where it agrees with float32 (:func:`lower_precision_`), and keeps float32 otherwise.
+        trace_images: encode images with :func:`frozen_image_encoder`.
+    """
+    dtype = resolve_dtype(dtype)
     loaded = load_version(path, device=device)
     model = loaded.model.eval()
+    # from the float32 parameter (KEEP_FLOAT32 keeps it so anyway)
     scale = float(model.logit_scale.detach().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 100.0
     served = ServedModel(version, generation, model, loaded.preprocess_val, loaded.tokenizer,
                          str(device), scale)
+    if dtype != torch.float32:
+        served.image_dtype, served.text_dtype, _ = lower_precision_(model, dtype, *_probes(served))
     blank = served.preprocess(Image.new("RGB", (64, 64)))
     if trace_images:
-        served.image_graph = frozen_image_encoder(model, blank.unsqueeze(0).to(device))
+        served.image_graph = frozen_image_encoder(model, blank.unsqueeze(0).to(device),
+                                                  served.image_dtype)
     served.encode_images(blank.unsqueeze(0))
     served.build_head(["warm-up"], WARMUP_TEMPLATES)
     return served
@@ -129,6 +277,7 @@ class ModelHolder:
         head_cache_size: text heads kept per process (keyed by version, labels, templates).
         rewarm_heads: after a swap, this many of the old version's most recently used heads
             are rebuilt for the new version.
+        dtype: the towers' precision ('float32', 'bfloat16', 'float16'; see :func:`load_served`).
         trace_images: encode images with a frozen TorchScript graph of each version
             (:func:`frozen_image_encoder`).
         on_swap: called as ``on_swap(old, new, trigger)`` after each swap (metrics).
@@ -139,7 +288,7 @@ class ModelHolder:
 
     def __init__(self, session_factory: sessionmaker[Session], device: str, *,
                  head_cache_size: int = 128, rewarm_heads: int = REWARM_HEADS,
-                 trace_images: bool = True,
+                 dtype: str | torch.dtype = "float32", trace_images: bool = True,
                  on_swap: Callable[[ServedModel | None, ServedModel, str], None] | None = None,
                  on_failure: Callable[[str, Exception], None] | None = None,
                  on_head_built: Callable[[str, float], None] | None = None):
@@ -147,6 +296,7 @@ class ModelHolder:
         self.device = device
         self.heads = HeadCache(head_cache_size)
         self.rewarm_heads = rewarm_heads
+        self.dtype = resolve_dtype(dtype)  # fails here, at startup, on a bad name
         self.trace_images = trace_images
         self._current: ServedModel | None = None
         self._lock = asyncio.Lock()
@@ -242,7 +392,7 @@ class ModelHolder:
                 self.phase = f"loading version {version}"
             try:
                 new = await asyncio.to_thread(load_served, Path(path), version, generation, self.device,
-                                              trace_images=self.trace_images)
+                                              dtype=self.dtype, trace_images=self.trace_images)
             except (ZSCLError, OSError, RuntimeError) as exc:
                 delay = min(failure[1] * 2, RETRY_MAX_S) if failure else RETRY_FIRST_S
                 self._failed[(version, generation)] = (time.monotonic() + delay, delay)
@@ -256,8 +406,8 @@ class ModelHolder:
             self._failed.pop((version, generation), None)
             self._current = new
             self.last_error = None
-            logger.info("now serving %s (generation %d, via %s, loaded in %.2fs)",
-                        version, generation, trigger, time.perf_counter() - started)
+            logger.info("now serving %s (generation %d, via %s, loaded in %.2fs) in %s",
+                        version, generation, trigger, time.perf_counter() - started, new.precision)
             if self._on_swap:
                 self._on_swap(current, new, trigger)
             await asyncio.to_thread(self._rewarm, current, new)
@@ -277,7 +427,7 @@ class ModelHolder:
             def load() -> ServedModel:
                 with self._sessions() as session:
                     path = registry.get_version(session, version_id).path
-                return load_served(Path(path), version_id, 0, self.device,
+                return load_served(Path(path), version_id, 0, self.device, dtype=self.dtype,
                                    trace_images=self.trace_images)
 
             def move_pointer() -> int:
@@ -293,6 +443,8 @@ class ModelHolder:
                 new.generation = generation  # not yet published: no request holds it
                 self._current = new
                 self.last_error = None
+                logger.info("now serving %s (generation %d, via api) in %s", version_id,
+                            generation, new.precision)
                 if self._on_swap:
                     self._on_swap(current, new, "api")
                 await asyncio.to_thread(self._rewarm, current, new)

@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from service.batching import MicroBatcher
 from records.errors import NotReady, QueueFull
-from service.api.errors import response_for
 from records.imaging import preprocess_images
+from service.api.errors import response_for
+from service.batching import MicroBatcher, to_device, to_host
 from service.serving import ServedModel, frozen_image_encoder, load_served
 from tests.helpers.colour import png_bytes
 
@@ -210,3 +210,20 @@ def test_an_unexpected_error_fails_its_batch_and_the_next_batch_is_served(served
     first, second = asyncio.run(scenario())
     assert isinstance(first, TypeError)
     assert LABELS[second[0][0][0]] == "blue"
+
+
+def test_on_the_cpu_a_batch_is_only_concatenated_and_its_features_not_copied():
+    a, b = torch.rand(2, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    assert torch.equal(to_device([a, b], "cpu"), torch.cat([a, b]))
+    features = torch.rand(3, 8)
+    assert to_host(features) is features
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_pixels_go_over_and_features_come_back_through_pinned_memory():
+    a, b = torch.rand(2, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    staged = to_device([a, b], "cuda")
+    assert staged.is_cuda and torch.equal(staged.cpu(), torch.cat([a, b]))
+    host = to_host(staged.flatten(1) * 2)
+    assert host.device.type == "cpu" and host.is_pinned()
+    assert torch.equal(host, torch.cat([a, b]).flatten(1) * 2)
