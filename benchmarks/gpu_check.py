@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job-images", type=int, default=None, help="train images per class uploaded "
                    "(default 200 on a GPU, 6 on the CPU)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: serve,step,job")
+    p.add_argument("--budget-s", type=float, default=0, help="seconds the whole check may take: "
+                   "the job's steps are cut to fit, and the table says so (0: no budget)")
     return p
 
 
@@ -121,7 +123,7 @@ def run_job(args, model: str, workdir: Path) -> dict:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ZSCL_DATA_DIR": str(workdir / "var"), "ZSCL_MODEL": model,
            "ZSCL_DEVICE": args.device, "ZSCL_PORT": str(port), "ZSCL_ADMIN_KEY": ADMIN_KEY,
-           "ZSCL_START_WORKER": "true", "PYTHONUNBUFFERED": "1"}
+           "ZSCL_START_WORKER": "true", "ZSCL_API_WORKERS": "1", "PYTHONUNBUFFERED": "1"}
     log = open(workdir / "job-serve.log", "w")  # noqa: SIM115 - closed below
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
@@ -204,7 +206,7 @@ def _rows(figures: dict) -> list[tuple[str, str, str]]:
                      f"training {_fmt(job['train_s'])} s ({_fmt(job['s_per_step'] and job['s_per_step'] * 1000)}"
                      f" ms/step), data wait {_fmt(job['data_wait_share'] and 100 * job['data_wait_share'])}%"
                      f", evaluation {_fmt(job['evaluate_s'])} s; new task "
-                     f"{_fmt(job['new_task_before'], '.3f')} -> {_fmt(job['new_task_after'], '.3f')}",
+                     f"{_fmt(job['new_task_before'])} -> {_fmt(job['new_task_after'])} %",
                      "training <= 60 s, data wait < 10%"))
     return rows
 
@@ -213,15 +215,51 @@ def print_table(figures: dict) -> None:
     rows = [("what", "measured", "target (issue 19, GPU)"), *_rows(figures)]
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"\nGPU check: model {figures['model']} on {figures['device']} ({figures.get('gpu', '')}), "
-          f"{figures['elapsed_s']:.0f} s in all")
+          f"{figures['elapsed_s']:.0f} s so far")
+    for name, error in (figures.get("errors") or {}).items():
+        print(f"  part {name} FAILED: {error}")
+    if figures.get("job_steps_fitted"):
+        print(f"  job steps cut to fit the budget: {figures['job_steps_fitted']}")
     for i, row in enumerate(rows):
         print(" | ".join(cell.ljust(width[j]) for j, cell in enumerate(row)))
         if i == 0:
             print("-+-".join("-" * w for w in width))
 
 
+def _serve_args(args) -> list[str]:
+    serve_args = ["--model", args.model, "--device", args.device, "--concurrency", args.concurrency,
+                  "--images-per-request", args.images_per_request,
+                  "--seconds", str(args.serve_seconds)]
+    return serve_args + (["--images", str(args.images / "test")] if args.images else [])
+
+
+def _step_args(args, model: str) -> list[str]:
+    step_args = ["--model", model, "--device", args.device, "--batch", str(args.step_batch),
+                 "--steps", str(args.step_steps), "--rounds", "1"]
+    return step_args + (["--images", str(args.images / "train")] if args.images else [])
+
+
+def _fit_job_steps(args, figures: dict, left_s: float) -> None:
+    """Fewer job steps when, at the measured ZSCL step cost, the asked ones would not finish
+    within ``left_s`` (start-up and evaluation take about a minute): said in the figures."""
+    variants = (figures.get("step") or {}).get("variants", {})
+    cost = next((v["s_per_step"] for k, v in variants.items() if k.startswith("zscl")), None)
+    if cost is None or cost * args.job_steps <= left_s - 90:
+        return
+    fitted = max(50, int((left_s - 90) / cost) // 50 * 50)
+    if fitted < args.job_steps:
+        figures["job_steps_fitted"] = {"asked": args.job_steps, "run": fitted,
+                                       "why": f"{cost:.3f} s/step measured; {left_s:.0f} s left"}
+        print(f"gpu_check: {args.job_steps} job steps would not fit the budget; running {fitted}",
+              flush=True)
+        args.job_steps = fitted
+
+
 def run(argv: list[str] | None = None) -> dict:
-    """Run the check's parts, print the table, and return every figure as plain data."""
+    """Run the check's parts (step cost, serving, one job), print the table, and return every
+    figure as plain data. A part that fails is recorded with its error and the rest still run;
+    the figures so far are printed and written (``--json``) after each part, so a run cut short
+    keeps what it measured. With ``--budget-s`` the job's steps are fitted to the time left."""
     args = _parser().parse_args(argv)
     _defaults(args)
     logging.basicConfig(level=logging.WARNING)
@@ -234,39 +272,34 @@ def run(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         workdir = Path(tmp)
         model = _model_source(args.model, workdir)
-        if "serve" not in skip:
-            part = time.monotonic()
-            serve_args = ["--model", args.model, "--device", args.device,
-                          "--concurrency", args.concurrency,
-                          "--images-per-request", args.images_per_request,
-                          "--seconds", str(args.serve_seconds)]
-            if args.images is not None:
-                serve_args += ["--images", str(args.images / "test")]
-            figures["serve"] = serve_bench.run(serve_args)
-            figures["times_s"]["serve"] = time.monotonic() - part
-        if "step" not in skip:
-            part = time.monotonic()
-            step_args = ["--model", model, "--device", args.device, "--batch", str(args.step_batch),
-                         "--steps", str(args.step_steps), "--rounds", "1"]
-            if args.images is not None:
-                step_args += ["--images", str(args.images / "train")]
-            figures["step"] = step_cost.run(step_args)
-            figures["times_s"]["step"] = time.monotonic() - part
-        if "job" not in skip:
-            part = time.monotonic()
-            figures["job"] = run_job(args, model, workdir)
-            figures["times_s"]["job"] = time.monotonic() - part
-    figures["elapsed_s"] = time.monotonic() - started
-    print_table(figures)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2, default=str))
+        parts = {"step": lambda: step_cost.run(_step_args(args, model)),
+                 "serve": lambda: serve_bench.run(_serve_args(args)),
+                 "job": lambda: run_job(args, model, workdir)}
+        for name, part in parts.items():
+            if name in skip:
+                continue
+            if name == "job" and args.budget_s:
+                _fit_job_steps(args, figures, args.budget_s - (time.monotonic() - started))
+            begun = time.monotonic()
+            try:
+                figures[name] = part()
+            except Exception as exc:  # noqa: BLE001 - one part's failure must not hide the others
+                logger.exception("gpu_check: part %s failed", name)
+                figures[name] = None
+                figures.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+            figures["times_s"][name] = time.monotonic() - begun
+            figures["elapsed_s"] = time.monotonic() - started
+            print_table(figures)
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2, default=str))
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     figures = run(argv)
     job = figures.get("job")
-    return 0 if job is None or job["state"] in ("succeeded", "rejected") else 1
+    failed = figures.get("errors") or (job is not None and job["state"] not in ("succeeded", "rejected"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
