@@ -102,6 +102,41 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 
+    # HTTP limits a reverse proxy would set (zscl_cli.http_limits; the body's in
+    # service.api.middleware); per API process
+    http_max_head_bytes: int = Field(32 * 1024, gt=0, description="request line and headers "
+                                     "together; a larger head is refused with 431")
+    http_max_headers: int = Field(100, gt=0, description="header fields per request; more is 431")
+    http_max_target_bytes: int = Field(8 * 1024, gt=0, description="the request target (path and "
+                                       "query); a longer one is 414")
+    http_head_timeout_s: float = Field(30.0, gt=0, description="a request line and its headers "
+                                       "must arrive within this; else 408 (slowloris)")
+    http_keepalive_timeout_s: float = Field(5.0, gt=0, description="an idle kept-alive "
+                                            "connection is closed after this")
+    http_body_timeout_s: float = Field(30.0, gt=0, description="a request body may keep the app "
+                                       "waiting this long, plus 1 s per http_body_min_rate bytes "
+                                       "it brought; else 408")
+    http_body_min_rate: int = Field(1024, gt=0, description="bytes/s a slow body must average "
+                                    "after http_body_timeout_s")
+    http_max_connections: int = Field(1024, gt=0, description="open connections (or requests in "
+                                      "progress) per API process; over it, 503")
+
+    # text-head builds (service.head_builder): labels not in the head cache, label-set warm-ups
+    # and swap re-warms, on threads apart from those serving cached labels; per API process
+    head_builders: int = Field(1, gt=0, description="text heads built at once, each on a thread "
+                               "of its own (a 1,000-label head is seconds of text-tower work)")
+    head_build_queue: int = Field(4, ge=0, description="head builds that may wait for a builder; "
+                                  "beyond head_builders + this, classify with labels not in the "
+                                  "head cache and PUT /v1/label-sets answer 429 with Retry-After")
+    head_build_nice: int = Field(10, ge=0, le=19, description="how much lower the builders' CPU "
+                                 "priority is (Linux nice increment), so that cached requests' "
+                                 "decoding and inference win the cores; 0 keeps it equal")
+
+    # a job whose worker was lost (killed, restarted, machine gone: no heartbeat for
+    # job_heartbeat_timeout_s) runs again from its start this many times before it fails
+    job_max_retries: int = Field(1, ge=0, description="retries of a job interrupted by a lost "
+                                 "worker (records.jobs.reap_stale); 0: it fails at once")
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:

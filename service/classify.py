@@ -17,7 +17,7 @@ from zscl_core import DEFAULT_TEMPLATES, WorkAbandoned
 
 from .batching import MicroBatcher
 from .schemas import check_labels, check_templates
-from .serving import ModelHolder
+from .serving import ModelHolder, ServedModel
 
 __all__ = ["Limits", "Classification", "Classifier", "check_label_set"]
 
@@ -111,6 +111,17 @@ class Classifier:
             raise InvalidRequest(f"{n_images} images is more than the limit of "
                                  f"{self.limits.max_batch_images} per request; split the batch")
 
+    async def _decode(self, served: ServedModel, files: list[tuple[str, bytes]]):
+        """The images preprocessed for ``served``, on a worker thread, with their room in the
+        inference queue reserved (``QueueFull`` when it is full) for :meth:`MicroBatcher.submit`."""
+        self.batcher.admit(len(files))
+        try:
+            return await asyncio.to_thread(preprocess_images, files, served.preprocess,
+                                           max_pixels=self.limits.max_image_pixels)
+        except BaseException:
+            self.batcher.release(len(files))
+            raise
+
     async def classify(self, files: list[tuple[str, bytes]], *, labels: Sequence[str] | None = None,
                        label_set: str | None = None, templates: Sequence[str] | None = None,
                        top_k: int = 5,
@@ -119,31 +130,31 @@ class Classifier:
         """Rank the labels for each (filename, bytes) image.
 
         ``disconnected`` (the request's ``is_disconnected``) is polled while the labels' head is
-        encoded; when the client has gone, the encoding stops at its next chunk (``ClientGone``).
+        encoded; when the client has gone, the encoding stops at its next chunk (``ClientGone``),
+        unless another request waits for the same head.
+
+        The labels' head comes from the cache, or is built by the holder's head builder, never
+        on the threads that decode images: a request whose labels are cached never queues
+        behind another's build. A build that the builder cannot take is ``QueueFull`` (429).
+        The images are decoded once the head is ready, so a request waiting for a build holds
+        no room in the inference queue.
         """
         started = time.perf_counter()
         self.check_batch(len(files))
         if top_k < 1:
             raise InvalidRequest("top_k must be at least 1")
         served = self.holder.require()  # this request's one version, for images and text alike
-        self.batcher.admit(len(files))
         gone = threading.Event()
         watcher = (asyncio.create_task(_watch(disconnected, gone)) if disconnected is not None
                    else None)
         try:
-            def prepare():
-                names, tmpl = self._resolve(labels, label_set, templates)
-                pixels = preprocess_images(files, served.preprocess,
-                                           max_pixels=self.limits.max_image_pixels)
-                return names, pixels, self.holder.head(served, names, tmpl, gone.is_set)
-
-            classnames, pixels, head = await asyncio.to_thread(prepare)
+            classnames, tmpl = await asyncio.to_thread(self._resolve, labels, label_set, templates)
+            head = await self.holder.head(served, classnames, tmpl, gone)
+            if gone.is_set():  # it left meanwhile (e.g. while a build it shared went on for others)
+                raise ClientGone("the client disconnected while its labels' head was built")
+            pixels = await self._decode(served, files)
         except WorkAbandoned as exc:
-            self.batcher.release(len(files))
             raise ClientGone(f"the client disconnected; {exc}") from exc
-        except BaseException:
-            self.batcher.release(len(files))
-            raise
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -37,6 +37,9 @@ def build_services(settings: Settings) -> Services:
     sessions = db.make_session_factory(engine)
     metrics = Metrics()
     holder = ModelHolder(sessions, settings.torch_device, head_cache_size=settings.head_cache_size,
+                         head_builders=settings.head_builders,
+                         head_build_queue=settings.head_build_queue,
+                         head_build_nice=settings.head_build_nice,
                          dtype=settings.served_dtype, trace_images=settings.trace_images,
                          on_swap=metrics.on_swap,
                          on_failure=lambda version, exc: metrics.swap_failures.inc(),

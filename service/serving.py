@@ -6,39 +6,41 @@ a swap loads and warms the new version off the request path, then replaces that 
 A request reads the reference once and uses that object throughout, so image features and the
 text head always come from the same version, and in-flight requests finish on the old model.
 
-Text heads are built ahead of requests where that is known to pay: a stored label set's head
-when it is stored (:meth:`ModelHolder.warm_head`), and after a swap, the old version's most
-recently used heads for the new version, before the swap call returns.
+Text heads are built on threads of their own (:class:`~service.head_builder.HeadBuilder`,
+bounded), never on the threads that decode cached requests' images, reap jobs or swap models.
+They are built ahead of requests where that is known to pay: a stored label set's head when it
+is stored (:meth:`ModelHolder.warm_head`), and after a swap, the old version's most recently used
+heads for the new version, before the swap call returns.
 
-Precision: a version can be served in bfloat16 or float16 (``ZSCL_INFERENCE_DTYPE``). Each tower's
-weights are cast, except the logit scale, and only where the cast tower still agrees with float32
-on probe inputs (:func:`lower_precision_`): the starter's EfficientNet image tower does not, and
-stays float32. Image features and text heads always come out float32, normalised in float32, and
-heads are kept on the host, where requests rank.
+Precision (``ZSCL_INFERENCE_DTYPE``): each tower is cast where it still agrees with float32
+(:mod:`service.precision`). Image features and text heads always come out float32, and heads are
+kept on the host, where requests rank.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
 from records import registry
 from records.errors import NotReady
-from zscl_core import DEFAULT_TEMPLATES, ConfigError, HeadCache, ZSCLError, build_head, load_version
-from zscl_core.reference import photo_crops
+from zscl_core import DEFAULT_TEMPLATES, HeadCache, ZSCLError, build_head, load_version
+
+from .head_builder import HeadBuilder
+from .precision import (AGREEMENT_COSINE, image_features, lower_precision_, min_cosine, probe_inputs,
+                        resolve_dtype)
 
 __all__ = ["ServedModel", "load_served", "frozen_image_encoder", "image_features", "lower_precision_",
            "resolve_dtype", "ModelHolder"]
@@ -50,17 +52,13 @@ RETRY_FIRST_S = 1.0  # a version that failed to load (files still arriving?) is 
 RETRY_MAX_S = 60.0   # exponential back-off, so a fixed version is picked up without a restart
 REWARM_HEADS = 16    # heads rebuilt for a new version after a swap, the most recently used first
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# A tower served in reduced precision must keep every probe's feature within this cosine of its
-# float32 feature. Lowest probe cosines in bfloat16: ViT-B-16 (random weights) 0.99995 image,
-# 0.99994 text; the starter's MiniLM text tower 0.99986, but its EfficientNet image tower 0.9963
-# (0.977 on CIFAR-10 test images, where it flips 3% of the top-1 answers whether cast, autocast
-# or with its BatchNorms kept in float32; see docs/serving.md).
-AGREEMENT_COSINE = 0.999
-PROBE_IMAGES = 8
-PROBE_PROMPTS = tuple(f"a photo of a {name}." for name in
-                      ("cat", "dog", "car", "airplane", "bird", "ship", "flower", "person"))
-KEEP_FLOAT32 = ("logit_scale", "logit_bias")  # exp() of a bfloat16 log(100) is off by up to 1.6%
+
+class _Miss(Exception):
+    """A head that is not cached (see :meth:`ModelHolder.head`)."""
+
+
+def _report_miss() -> torch.Tensor:
+    raise _Miss
 
 
 @dataclass(eq=False)
@@ -103,90 +101,6 @@ class ServedModel:
         return head.to("cpu", torch.float32)
 
 
-def image_features(model: nn.Module, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``model``'s image features of float32 ``pixels``, computed in ``dtype`` (the image tower's
-    weights), returned float32 and normalised in float32."""
-    return F.normalize(model.encode_image(pixels.to(dtype)).float(), dim=-1)
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """The torch dtype of an inference precision name ('float32', 'bfloat16', 'float16')."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown inference precision {dtype!r}; use one of {', '.join(DTYPES)} "
-                          f"(ZSCL_INFERENCE_DTYPE, or auto)")
-    return DTYPES[dtype]
-
-
-def _tower_tensors(model: nn.Module, image: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """The floating-point parameters and buffers of the image tower (``model.visual``) or, with
-    ``image`` False, of everything else but the logit scale and bias (the text tower)."""
-    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-        if tensor.is_floating_point() and name not in KEEP_FLOAT32 \
-                and name.startswith("visual.") == image:
-            yield name, tensor
-
-
-@torch.no_grad()
-def _cast_tower_(model: nn.Module, image: bool, dtype: torch.dtype
-                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Cast one tower's tensors to ``dtype`` in place; returns (tensor, its float32 data) pairs."""
-    originals = [(tensor, tensor.data) for _, tensor in _tower_tensors(model, image)]
-    for tensor, data in originals:
-        tensor.data = data.to(dtype)
-    return originals
-
-
-def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The lowest cosine between matching rows of two normalised feature sets, computed as
-    ``1 - |a - b|^2 / 2``: the cosine for unit rows, and 1 where both rows are zero (a tower
-    that maps a probe to nothing, as the test's colour model does a word it does not know)."""
-    return float(1 - (a.float() - b.float()).pow(2).sum(dim=-1).max() / 2)
-
-
-def lower_precision_(model: nn.Module, dtype: torch.dtype, pixels: torch.Tensor,
-                     tokens: torch.Tensor) -> tuple[torch.dtype, torch.dtype, dict[str, float]]:
-    """Cast each tower of ``model`` to ``dtype`` in place where it still agrees with float32.
-
-    The weights are cast, sparing autocast's casts on every forward. A tower whose features on
-    the probes fall below :data:`AGREEMENT_COSINE` of its float32 features (or whose forward
-    fails in ``dtype``) is restored to float32, unchanged, with a warning. The logit scale stays
-    float32.
-
-    Args:
-        model: a float32 open_clip model (image tower ``model.visual``), in eval mode.
-        dtype: the precision asked for.
-        pixels: preprocessed probe images, float32, on the model's device.
-        tokens: tokenised probe prompts, on the model's device.
-
-    Returns:
-        (image tower dtype, text tower dtype, each tower's lowest probe cosine to float32).
-    """
-    def encode(tower: str, weights: torch.dtype) -> torch.Tensor:
-        with torch.inference_mode():
-            return (image_features(model, pixels, weights) if tower == "image"
-                    else F.normalize(model.encode_text(tokens).float(), dim=-1))
-
-    reference = {tower: encode(tower, torch.float32) for tower in ("image", "text")}
-    chosen, cosines = {}, {}
-    for tower in ("image", "text"):
-        originals = _cast_tower_(model, tower == "image", dtype)
-        try:
-            cosines[tower] = _min_cosine(encode(tower, dtype), reference[tower])
-        except RuntimeError as exc:  # an op without a kernel for this dtype on this device
-            logger.warning("the %s tower does not run in %s here (%s)", tower, dtype, exc)
-            cosines[tower] = float("nan")
-        chosen[tower] = dtype if cosines[tower] >= AGREEMENT_COSINE else torch.float32
-        if chosen[tower] != dtype:
-            logger.warning("the %s tower stays float32: in %s its features on probe photos and "
-                           "prompts fell to cosine %.4f of float32's (the bar is %.3f)", tower,
-                           str(dtype).removeprefix("torch."), cosines[tower], AGREEMENT_COSINE)
-            for tensor, data in originals:
-                tensor.data = data
-    return chosen["image"], chosen["text"], cosines
-
-
 class _EncodeImage(nn.Module):
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
@@ -203,7 +117,7 @@ def _graph_agrees(graph: torch.Tensor, eager: torch.Tensor, dtype: torch.dtype) 
     tower in bfloat16 kept 0.998)."""
     if dtype == torch.float32:
         return torch.allclose(graph, eager, atol=1e-4)
-    return _min_cosine(graph, eager) >= AGREEMENT_COSINE
+    return min_cosine(graph, eager) >= AGREEMENT_COSINE
 
 
 def frozen_image_encoder(model: nn.Module, example: torch.Tensor,
@@ -231,13 +145,6 @@ def frozen_image_encoder(model: nn.Module, example: torch.Tensor,
         return None
 
 
-def _probes(served: ServedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probe inputs for :func:`lower_precision_`: crops of scikit-image's sample photos (no
-    evaluation set's images) and a few prompts, on the model's device."""
-    pixels = torch.stack([served.preprocess(crop) for crop in photo_crops(PROBE_IMAGES)])
-    return pixels.to(served.device), served.tokenizer(list(PROBE_PROMPTS)).to(served.device)
-
-
 def load_served(path: Path, version: str, generation: int, device: str, *,
                 dtype: str | torch.dtype = "float32", trace_images: bool = True) -> ServedModel:
     """Load a saved version and warm it (one image and one text forward) so its first request
@@ -258,7 +165,8 @@ def load_served(path: Path, version: str, generation: int, device: str, *,
     served = ServedModel(version, generation, model, loaded.preprocess_val, loaded.tokenizer,
                          str(device), scale)
     if dtype != torch.float32:
-        served.image_dtype, served.text_dtype, _ = lower_precision_(model, dtype, *_probes(served))
+        served.image_dtype, served.text_dtype, _ = lower_precision_(
+            model, dtype, *probe_inputs(served.preprocess, served.tokenizer, served.device))
     blank = served.preprocess(Image.new("RGB", (64, 64)))
     if trace_images:
         served.image_graph = frozen_image_encoder(model, blank.unsqueeze(0).to(device),
@@ -275,6 +183,8 @@ class ModelHolder:
         session_factory: opens database sessions (the pointer and version rows).
         device: where models are loaded.
         head_cache_size: text heads kept per process (keyed by version, labels, templates).
+        head_builders, head_build_queue, head_build_nice: the :class:`HeadBuilder` that builds
+            every head (its ``threads``, ``queue_max`` and ``nice``).
         rewarm_heads: after a swap, this many of the old version's most recently used heads
             are rebuilt for the new version.
         dtype: the towers' precision ('float32', 'bfloat16', 'float16'; see :func:`load_served`).
@@ -288,6 +198,7 @@ class ModelHolder:
 
     def __init__(self, session_factory: sessionmaker[Session], device: str, *,
                  head_cache_size: int = 128, rewarm_heads: int = REWARM_HEADS,
+                 head_builders: int = 1, head_build_queue: int = 4, head_build_nice: int = 10,
                  dtype: str | torch.dtype = "float32", trace_images: bool = True,
                  on_swap: Callable[[ServedModel | None, ServedModel, str], None] | None = None,
                  on_failure: Callable[[str, Exception], None] | None = None,
@@ -295,6 +206,8 @@ class ModelHolder:
         self._sessions = session_factory
         self.device = device
         self.heads = HeadCache(head_cache_size)
+        self.builder = HeadBuilder(self.heads, threads=head_builders, queue_max=head_build_queue,
+                                   nice=head_build_nice)
         self.rewarm_heads = rewarm_heads
         self.dtype = resolve_dtype(dtype)  # fails here, at startup, on a bad name
         self.trace_images = trace_images
@@ -319,23 +232,36 @@ class ModelHolder:
             raise NotReady(f"the model is still loading; retry shortly{hint}")
         return served
 
-    def head(self, served: ServedModel, classnames, templates, should_stop=None) -> torch.Tensor:
-        """The text head of ``served`` for these labels, from the LRU cache. Blocking;
-        ``should_stop`` can abandon a miss between chunks (``WorkAbandoned``)."""
+    async def head(self, served: ServedModel, classnames, templates,
+                   gone: threading.Event | None = None) -> torch.Tensor:
+        """The text head of ``served`` for these labels: from the LRU cache at once, else built
+        by :attr:`builder` (sharing a build in progress for the same head; ``QueueFull`` when
+        the builder is full). The build stops between chunks of prompts (``WorkAbandoned``) once
+        ``gone`` is set, and that of every other request waiting for it."""
         key = HeadCache.key(served.version, classnames, templates)
-        return self.heads.get_or_build(
-            key, lambda: self._build_head(served, classnames, templates, "request", should_stop))
+        try:
+            return self.heads.get_or_build(key, _report_miss)  # counts the hit or the miss
+        except _Miss:
+            pass
+        return await self.builder.get(
+            key, partial(self._build_head, served, classnames, templates, "request"), gone)
 
     def warm_head(self, classnames, templates=None) -> bool:
         """Build and cache the served version's head for these labels (no or empty templates:
         the defaults, as classify uses them), so that their first request finds it cached.
-        Blocking; errors propagate. False when no version is served yet or it was cached."""
+        It is built by :attr:`builder` (``QueueFull`` when that is full); this thread waits.
+        Blocking: never call it on the event loop; errors propagate. False when no version is
+        served yet or it was cached."""
         served = self._current
         if served is None:
             return False
         templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
-        return self.heads.warm(HeadCache.key(served.version, classnames, templates),
-                               partial(self._build_head, served, classnames, templates, "label_set"))
+        key = HeadCache.key(served.version, classnames, templates)
+        if key in self.heads:
+            return False
+        self.builder.submit(key, partial(self._build_head, served, classnames, templates,
+                                         "label_set")).result()
+        return True
 
     def _build_head(self, served: ServedModel, classnames, templates, cause: str,
                     should_stop=None) -> torch.Tensor:
@@ -345,19 +271,24 @@ class ModelHolder:
             self._on_head_built(cause, time.perf_counter() - started)
         return head
 
-    def _rewarm(self, old: ServedModel | None, new: ServedModel) -> None:
-        """Rebuild the old version's most recently used heads for ``new`` (blocking), the most
-        recent first, stopping if ``new`` stops being served meanwhile. A failure is logged and
-        ends the rebuilding: requests then build what they need, as without it."""
+    async def _rewarm(self, old: ServedModel | None, new: ServedModel) -> None:
+        """Rebuild the old version's most recently used heads for ``new`` on :attr:`builder`
+        (never refused), one at a time, the most recent first, stopping if ``new`` stops being
+        served meanwhile. A failure is logged and ends the rebuilding: requests then build what
+        they need, as without it."""
         if old is None:
             return
         started, built = time.perf_counter(), 0
         for _, classnames, templates in self.heads.recent(old.version, self.rewarm_heads):
             if self._current is not new:
                 break
+            key = HeadCache.key(new.version, classnames, templates)
+            if key in self.heads:
+                continue
             try:
-                built += self.heads.warm(HeadCache.key(new.version, classnames, templates),
-                                         partial(self._build_head, new, classnames, templates, "swap"))
+                await self.builder.get(key, partial(self._build_head, new, classnames, templates,
+                                                    "swap"), admit=False)
+                built += 1
             except (ZSCLError, RuntimeError, ValueError) as exc:
                 logger.warning("rebuilding cached heads for %s stopped: %s", new.version, exc)
                 break
@@ -376,8 +307,8 @@ class ModelHolder:
 
         Loading runs in a worker thread; a version that fails to load is logged once, retried
         with back-off, and the current model keeps serving meanwhile.
-        After a swap, the old version's most recently used heads are rebuilt for the new one (in
-        a worker thread, the new version already serving) before this returns.
+        After a swap, the old version's most recently used heads are rebuilt for the new one (by
+        the head builder, the new version already serving) before this returns.
         """
         async with self._lock:
             version, generation, path = await asyncio.to_thread(self._read_pointer)
@@ -410,7 +341,7 @@ class ModelHolder:
                         version, generation, trigger, time.perf_counter() - started, new.precision)
             if self._on_swap:
                 self._on_swap(current, new, trigger)
-            await asyncio.to_thread(self._rewarm, current, new)
+            await self._rewarm(current, new)
             return True
 
     async def activate(self, version_id: str) -> tuple[ServedModel, int, str | None]:
@@ -447,7 +378,7 @@ class ModelHolder:
                             generation, new.precision)
                 if self._on_swap:
                     self._on_swap(current, new, "api")
-                await asyncio.to_thread(self._rewarm, current, new)
+                await self._rewarm(current, new)
             return new, generation, (current.version if current else None)
 
     async def reconcile_forever(self, interval_s: float) -> None:

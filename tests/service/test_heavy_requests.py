@@ -1,0 +1,208 @@
+"""Head-cache misses (new labels: seconds of text-tower work) never hold up cached requests.
+
+A real server of the colour CLIP (tests/helpers/colour.py) with a text tower 4x wider and twice
+as deep as the tiny one, so that a head of 1,000 new labels takes about a second to build on one
+torch thread, and answers that stay fixed by construction (a red image is "red").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from service.app import create_app
+from tests.helpers import ADMIN
+from tests.helpers.colour import COLOUR_LABELS, make_colour_clip, make_settings, png_bytes
+from tests.helpers.processes import free_port, wait_until
+from tests.helpers.synthetic import TINY_CFG, TINY_PREPROCESS
+from zscl_core import save_version
+
+SLOW_TEXT = {**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "width": 256, "layers": 4, "heads": 4}}
+VERSION = "v-slow-text"
+RED = ("r.png", png_bytes("red"))
+
+
+@pytest.fixture(scope="module")
+def slow_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slow-text")
+    config = root / "slow-text-clip.json"
+    config.write_text(json.dumps({"model_cfg": SLOW_TEXT, "preprocess_cfg": TINY_PREPROCESS}))
+    loaded = make_colour_clip(config)
+    save_version(root / "versions", loaded.model, loaded.spec, version_id=VERSION,
+                 metadata={"source": "test"})
+    return root
+
+
+@pytest.fixture()
+def slow_dir(tmp_path, slow_store):
+    shutil.copytree(slow_store / "versions", tmp_path / "versions")
+    return tmp_path
+
+
+@contextlib.contextmanager
+def serving(data_dir, **overrides):
+    """A real uvicorn server of the slow-text colour app in a thread, ready; yields (url, app)."""
+    import uvicorn
+
+    settings = make_settings(data_dir, model=str(data_dir / "versions" / VERSION), **overrides)
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, 30, 0.05, "the app ready")
+        yield url, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def new_labels(n: int = 1000) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    return [f"thing {i} {tag}" for i in range(n)]
+
+
+def classify(client: httpx.Client, labels: list[str], templates=("a photo of a {}.",)) -> httpx.Response:
+    files = [("images", (RED[0], RED[1], "image/png"))]
+    return client.post("/v1/classify", files=files,
+                       data={"labels": ",".join(labels), "templates": list(templates)})
+
+
+def cached(client: httpx.Client) -> float:
+    """One cached-label request's latency in seconds (it must answer "red")."""
+    started = time.perf_counter()
+    response = classify(client, COLOUR_LABELS.split(","))
+    seconds = time.perf_counter() - started
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["labels"][0]["label"] == "red"
+    return seconds
+
+
+def in_background(url: str, labels: list[str], results: list, **kwargs) -> threading.Thread:
+    def send() -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            results.append(classify(client, labels, **kwargs))
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def build_count(url: str, cause: str = "request") -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(f'zscl_head_build_seconds_count{{cause="{cause}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_cached_requests_keep_their_latency_while_heavy_builds_run(slow_dir):
+    # more heavy requests than asyncio's default pool has threads (min(32, cores + 4)): before
+    # the head builder, they filled it and a cached request waited for a whole build
+    n_heavy = min(32, (os.cpu_count() or 1) + 4) + 2
+    with serving(slow_dir, head_build_queue=n_heavy) as (url, _), \
+            httpx.Client(base_url=url, timeout=120) as client:
+        cached(client)  # builds the colour labels' head
+        idle = [cached(client) for _ in range(20)]
+        heavy: list[httpx.Response] = []
+        threads = [in_background(url, new_labels(), heavy) for _ in range(n_heavy)]
+        time.sleep(0.5)  # every heavy request sent, its head being built or waiting
+        busy = []
+        while len(busy) < 20 and any(t.is_alive() for t in threads):
+            busy.append(cached(client))
+        for thread in threads:
+            thread.join(timeout=120)
+        assert len(heavy) == n_heavy and all(r.status_code == 200 for r in heavy), \
+            [r.text for r in heavy if r.status_code != 200]
+        assert len(busy) >= 10, f"the heavy requests ended before 10 cached ones ({busy})"
+    idle_ms, worst_ms = statistics.median(idle) * 1e3, max(busy) * 1e3
+    # each heavy head takes over a second of a core: a cached request that waited behind even
+    # one build (as every request did once asyncio's default pool was full) would show it
+    assert worst_ms < 2 * idle_ms + 100, f"cached: {idle_ms:.1f} ms idle, up to {worst_ms:.1f} ms busy"
+
+
+def test_heavy_requests_beyond_the_build_queue_get_429_with_retry_after(slow_dir):
+    with serving(slow_dir, head_builders=1, head_build_queue=1) as (url, app), \
+            httpx.Client(base_url=url, timeout=120) as client:
+        builder = app.state.services.holder.builder
+        cached(client)
+        builds = build_count(url)
+        first, second = new_labels(), new_labels()
+        answers: list[httpx.Response] = []
+        threads = [in_background(url, first, answers)]
+        wait_until(lambda: builder.pending == 1, 10, 0.01, "the first build running")
+        threads.append(in_background(url, second, answers))
+        wait_until(lambda: builder.pending == 2, 10, 0.01, "the second build waiting")
+        threads.append(in_background(url, first, answers))  # the same head: shares its build
+
+        refused = classify(client, new_labels())
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "ZSCL_HEAD_BUILD_QUEUE" in refused.json()["detail"]
+        stored = client.put("/v1/label-sets/many", json={"classnames": new_labels(),
+                                                         "templates": ["a {}"]}, headers=ADMIN)
+        assert stored.status_code == 429 and "Retry-After" in stored.headers, stored.text
+        assert cached(client) < 1.0  # cached labels are still answered meanwhile
+
+        for thread in threads:
+            thread.join(timeout=120)
+        assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+        assert build_count(url) == builds + 2  # the repeated labels were built once
+        assert builder.pending == 0
+        assert classify(client, new_labels()).status_code == 200  # room again
+
+
+def test_a_heavy_request_whose_client_disconnects_abandons_its_build(slow_dir):
+    # 1,000 labels x 8 templates: about 8 s of building, cut short at its next chunk of prompts
+    with serving(slow_dir, max_prompts=10_000) as (url, app):
+        builder = app.state.services.holder.builder
+        eight = [f"{prefix} {{}}." for prefix in ("a", "the", "one", "some", "this", "that", "my", "your")]
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=url, timeout=1.0) as client:
+            classify(client, new_labels(), templates=eight)
+        wait_until(lambda: builder.pending == 0, 10, 0.05, "the abandoned build to stop")
+        assert time.monotonic() - started < 5.0  # far less than the whole build
+        assert build_count(url) == 0  # no head finished
+
+
+def test_a_queued_build_whose_client_disconnects_is_dropped_but_a_shared_one_is_kept(slow_dir):
+    with serving(slow_dir, head_builders=1) as (url, app):
+        builder = app.state.services.holder.builder
+        kept, dropped, shared = new_labels(), new_labels(), new_labels()
+        answers: list[httpx.Response] = []
+        threads = [in_background(url, kept, answers)]
+        wait_until(lambda: builder.pending == 1, 10, 0.01, "the first build running")
+        threads.append(in_background(url, shared, answers))
+        wait_until(lambda: builder.pending == 2, 10, 0.01, "the shared build waiting")
+        # two clients give up while their builds wait: one alone on its labels, one sharing
+        # them with a client that stays
+        for labels in (dropped, shared):
+            with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=url, timeout=0.5) as client:
+                classify(client, labels)
+        for thread in threads:
+            thread.join(timeout=120)
+        assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+        wait_until(lambda: builder.pending == 0, 10, 0.05, "the builder idle")
+        heads = app.state.services.holder.heads
+        templates = ("a photo of a {}.",)
+        assert (VERSION, tuple(kept), templates) in heads
+        assert (VERSION, tuple(shared), templates) in heads
+        assert (VERSION, tuple(dropped), templates) not in heads
+        assert build_count(url) == 2
