@@ -116,7 +116,7 @@ class Classifier:
         inference queue reserved (``QueueFull`` when it is full) for :meth:`MicroBatcher.submit`."""
         self.batcher.admit(len(files))
         try:
-            return await asyncio.to_thread(preprocess_images, files, served.preprocess,
+            return await asyncio.to_thread(preprocess_images, files, served.request_transform,
                                            max_pixels=self.limits.max_image_pixels)
         except BaseException:
             self.batcher.release(len(files))

@@ -39,6 +39,7 @@ from records.errors import NotReady
 from zscl_core import DEFAULT_TEMPLATES, HeadCache, ZSCLError, build_head, load_version
 
 from .head_builder import HeadBuilder
+from .pixels import DevicePreprocess, split_preprocess
 from .precision import (AGREEMENT_COSINE, image_features, lower_precision_, min_cosine, probe_inputs,
                         resolve_dtype)
 
@@ -76,6 +77,15 @@ class ServedModel:
     image_graph: torch.jit.ScriptModule | None = None  # see frozen_image_encoder
     image_dtype: torch.dtype = torch.float32  # the towers' weights (see lower_precision_)
     text_dtype: torch.dtype = torch.float32
+    # the eval transform split at its ToTensor: requests stop at uint8 images, and the batch is
+    # scaled and normalised on the device (service.pixels); None: the transform runs whole
+    device_preprocess: DevicePreprocess | None = None
+
+    @property
+    def request_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """What a request applies to each decoded image: uint8 pixels where the transform
+        splits, the whole transform otherwise (:meth:`encode_images` takes either)."""
+        return self.device_preprocess or self.preprocess
 
     @property
     def precision(self) -> str:
@@ -88,6 +98,8 @@ class ServedModel:
         """Float32 image features of a preprocessed batch, normalised in float32, (n, dim), on
         the model's device (the batcher copies them to the host, once per batch)."""
         pixels = pixels.to(self.device, non_blocking=True)  # a no-op where staged there already
+        if pixels.dtype == torch.uint8:
+            pixels = self.device_preprocess.finish(pixels)
         if self.image_graph is not None:
             return self.image_graph(pixels)
         return image_features(self.model, pixels, self.image_dtype)
@@ -172,6 +184,8 @@ def load_served(path: Path, version: str, generation: int, device: str, *,
         served.image_graph = frozen_image_encoder(model, blank.unsqueeze(0).to(device),
                                                   served.image_dtype)
     served.encode_images(blank.unsqueeze(0))
+    served.device_preprocess = split_preprocess(served.preprocess)
+    served.encode_images(torch.stack([served.request_transform(Image.new("RGB", (64, 64)))]))
     served.build_head(["warm-up"], WARMUP_TEMPLATES)
     return served
 

@@ -48,3 +48,16 @@ def test_other_transforms_stay_whole():
     assert split_preprocess(T.Compose([T.Resize(8), T.ToTensor()])) is None
     assert split_preprocess(lambda image: image) is None
     assert split_preprocess(T.Compose([T.ToTensor(), T.Normalize([0.5], [0.5])])) is None  # 1 channel
+
+
+def test_a_served_model_takes_uint8_requests_and_gives_the_whole_transforms_features(colour_versions):
+    from service.serving import load_served
+
+    served = load_served(colour_versions / "versions" / "v-colour", "v-colour", 1, "cpu",
+                         dtype="float32")
+    assert served.device_preprocess is not None
+    images = _images()
+    split = torch.stack([served.request_transform(i) for i in images])
+    whole = torch.stack([served.preprocess(i) for i in images])
+    assert split.dtype == torch.uint8 and whole.dtype == torch.float32
+    assert torch.allclose(served.encode_images(split), served.encode_images(whole), atol=1e-5)
