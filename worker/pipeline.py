@@ -377,7 +377,6 @@ class Progress:
         self.last_write = 0.0
         self.event_every = max(1, total // 50)
         self.cancelled = False
-        self.last_cancel_check = float("-inf")
 
     def __call__(self, info: StepInfo) -> None:
         self._record(info)
@@ -399,12 +398,7 @@ class Progress:
                 event=info.step % self.event_every == 0 or info.step == info.total)
 
     def cancel_requested(self) -> bool:
-        """Whether the job's cancel flag is set, read from the database at most every
-        ``min_interval_s`` (the loop asks after every step; on a GPU a step is ~0.1 s and a
-        read of the job row costs the training thread a few ms)."""
-        now = time.monotonic()
-        if not self.cancelled and now - self.last_cancel_check >= self.min_interval_s:
-            self.last_cancel_check = now
+        if not self.cancelled:
             with self.sessions() as session:
                 self.cancelled = jobs.get_job(session, self.job_id).cancel_requested
         return self.cancelled
