@@ -1,4 +1,5 @@
-"""Job records: creation (idempotent), state transitions, progress, events, cancel, reaping.
+"""Job records: creation (idempotent), state transitions, progress, events, cancel, reaping
+(a job whose worker was lost is requeued while it has retries left, else failed).
 
 Shared by the API and the worker; no web or queue imports. Every state change is a conditional
 UPDATE (``WHERE state IN allowed``), so two processes racing on one job cannot both win, and it
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -23,11 +25,13 @@ from .errors import Conflict, NotFound
 from .tables import TERMINAL_STATES, Dataset, Job, JobEvent, utcnow
 
 __all__ = ["create_job", "get_job", "list_jobs", "add_event", "list_events", "transition",
-           "request_cancel", "record_progress", "heartbeat", "reap_stale", "job_summary", "ALLOWED"]
+           "request_cancel", "record_progress", "heartbeat", "reap_stale", "Reaped",
+           "retries_of", "job_summary", "ALLOWED"]
 
 logger = logging.getLogger(__name__)
 
 ALLOWED: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "evaluating"}),  # requeued after its worker was lost
     "running": frozenset({"queued"}),
     "evaluating": frozenset({"running"}),
     "cancelling": frozenset({"running", "evaluating"}),
@@ -135,9 +139,9 @@ def transition(session: Session, job_id: str, state: str, **fields: Any) -> bool
     return moved
 
 
-def _move(session: Session, job_id: str, allowed, values: dict[str, Any]) -> bool:
+def _move(session: Session, job_id: str, allowed, values: dict[str, Any], *conditions) -> bool:
     """The conditional UPDATE of a state change, uncommitted; whether it matched."""
-    result = session.execute(update(Job).where(Job.id == job_id, Job.state.in_(allowed))
+    result = session.execute(update(Job).where(Job.id == job_id, Job.state.in_(allowed), *conditions)
                              .values(**values))
     return result.rowcount == 1
 
@@ -175,8 +179,19 @@ def heartbeat(session: Session, job_id: str) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
 
 
-def reap_stale(session: Session, timeout_s: float) -> list[str]:
-    """Fail jobs whose worker stopped sending heartbeats (killed, machine lost)."""
+@dataclass(frozen=True)
+class Reaped:
+    """What :func:`reap_stale` did: the jobs put back in the queue (to be sent to it again by
+    the caller, which has the queue) and the jobs failed."""
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def reap_stale(session: Session, timeout_s: float, max_retries: int = 0) -> Reaped:
+    """Jobs whose worker stopped sending heartbeats (killed, restarted, machine lost): requeued
+    to run again from their start while they have retries left, else failed. A job whose cancel
+    was requested is never retried. Each change applies only if the heartbeat is still the stale
+    one read here: a job a worker has just started again (another reaper was first) is left."""
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=timeout_s)
     stale = []
     for job in session.scalars(select(Job).where(Job.state.in_(("running", "evaluating",
@@ -185,15 +200,49 @@ def reap_stale(session: Session, timeout_s: float) -> list[str]:
         if beat is not None and beat.tzinfo is None:  # SQLite drops the zone
             beat = beat.replace(tzinfo=timezone.utc)
         if beat is None or beat < cutoff:
-            stale.append(job.id)
-    reaped = []
-    for job_id in stale:
-        error = {"type": "WorkerLost", "message": f"no heartbeat from the worker for {timeout_s:.0f} s "
-                 "(killed or lost); the served model is unchanged; resubmit the job"}
-        if transition(session, job_id, "failed", error=error):
+            stale.append((job.id, job.cancel_requested, job.heartbeat_at))
+    reaped = Reaped()
+    lost = f"no heartbeat from the worker for {timeout_s:.0f} s (killed or lost)"
+    for job_id, cancel_requested, beat in stale:
+        retries = retries_of(session, job_id)
+        if not cancel_requested and retries < max_retries:
+            event = {"retry": retries + 1, "max_retries": max_retries, "reason": lost}
+            if _reap(session, job_id, "queued", _FROM_START, event, beat):
+                logger.warning("job %s requeued (retry %d of %d): worker lost", job_id, retries + 1,
+                               max_retries)
+                reaped.requeued.append(job_id)
+            continue
+        spent = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+        error = {"type": "WorkerLost", "message": f"{lost}{spent}; the served model is unchanged; "
+                 "resubmit the job"}
+        if _reap(session, job_id, "failed", {"error": error, "finished_at": utcnow()},
+                 {"error": error}, beat):
             logger.warning("job %s failed: worker lost", job_id)
-            reaped.append(job_id)
+            reaped.failed.append(job_id)
     return reaped
+
+
+# a requeued job runs from its start: the progress of the lost run is cleared
+_FROM_START = {"step": 0, "losses": {}, "eta_s": None, "started_at": None, "heartbeat_at": None,
+               "base_version": None}
+
+
+def _reap(session: Session, job_id: str, state: str, values: dict[str, Any],
+          event: dict[str, Any], beat) -> bool:
+    """Move a stale job to ``state`` with its event, if its heartbeat is still ``beat``."""
+    unchanged = Job.heartbeat_at.is_(None) if beat is None else Job.heartbeat_at == beat
+    with _transaction(session):
+        moved = _move(session, job_id, ALLOWED[state], {"state": state, **values}, unchanged)
+        if moved:
+            session.add(JobEvent(job_id=job_id, kind="state", data={"state": state, **event}))
+    return moved
+
+
+def retries_of(session: Session, job_id: str) -> int:
+    """How many times the job was requeued after losing its worker (its events say so)."""
+    events = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id,
+                                                         JobEvent.kind == "state"))
+    return sum(1 for data in events if data.get("retry"))
 
 
 def job_summary(job: Job) -> dict[str, Any]:

@@ -12,11 +12,17 @@ the worker entry point is ``worker.app``.
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
 
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from records import jobs
 from records.settings import Settings
 
-__all__ = ["create_celery", "TASK_RUN_JOB", "QUEUE"]
+__all__ = ["create_celery", "send_job", "send_requeued", "TASK_RUN_JOB", "QUEUE"]
+
+logger = logging.getLogger(__name__)
 
 TASK_RUN_JOB = "zscl.run_job"
 QUEUE = "zscl-updates"
@@ -51,3 +57,22 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.zscl_settings = settings
     return app
 
+
+
+def send_job(celery: Celery, job_id: str) -> None:
+    """Put job ``job_id`` on the update queue, for a worker to run (``worker.tasks.run_job``)."""
+    celery.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
+
+
+def send_requeued(celery: Celery, sessions: sessionmaker[Session], job_ids: list[str]) -> None:
+    """Send again the jobs :func:`records.jobs.reap_stale` requeued; one the broker does not take
+    is failed, never left queued with no message to run it."""
+    for job_id in job_ids:
+        try:
+            send_job(celery, job_id)
+        except Exception as exc:  # noqa: BLE001 - kombu raises many types; the job must not dangle
+            logger.error("could not requeue job %s: %s", job_id, exc)
+            error = {"type": "BrokerUnavailable", "message": f"its worker was lost and it could not "
+                     f"be queued again ({exc}); check ZSCL_BROKER_URL and resubmit the job"}
+            with sessions() as session:
+                jobs.transition(session, job_id, "failed", error=error)

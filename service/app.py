@@ -26,7 +26,7 @@ from zscl_core import ZSCLError
 
 from .api.errors import install_error_handlers
 from .api.main import UNCAPPED_ROUTES, api_router, health_router
-from .api.middleware import ServiceMiddleware
+from .api.middleware import BodyTimeout, ServiceMiddleware
 from .bootstrap import bootstrap
 from .container import Services, build_services
 from .metrics import SYNC_INTERVAL_S, Metrics
@@ -55,15 +55,19 @@ async def _start_serving(services: Services) -> None:
 
 
 async def _reap_forever(services: Services) -> None:
-    """Fail jobs whose worker died (no heartbeat), so they never stay 'running' forever."""
+    """Requeue (while they have retries left) or fail jobs whose worker died (no heartbeat), so
+    they never stay 'running' forever."""
     from records import jobs
     from records.ingest import remove_stale_temp_dirs
+    from records.queue import send_requeued
 
     settings = services.settings
 
     def reap() -> None:
         with services.sessions() as session:
-            jobs.reap_stale(session, settings.job_heartbeat_timeout_s)
+            reaped = jobs.reap_stale(session, settings.job_heartbeat_timeout_s,
+                                     settings.job_max_retries)
+        send_requeued(services.celery, services.sessions, reaped.requeued)
 
     if settings.datasets_dir.is_dir():
         await asyncio.to_thread(remove_stale_temp_dirs, settings.datasets_dir)
@@ -167,7 +171,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="CLIP zero-shot image classification that keeps learning (ZSCL).")
     app.state.services = services
     app.add_middleware(ServiceMiddleware, holder=services.holder, metrics=services.metrics,
-                       max_body_bytes=settings.max_upload_bytes, uncapped=UNCAPPED_ROUTES)
+                       max_body_bytes=settings.max_upload_bytes, uncapped=UNCAPPED_ROUTES,
+                       body_timeout=BodyTimeout(settings.http_body_timeout_s,
+                                                settings.http_body_min_rate))
     app.add_middleware(_ProcessHeader)
     install_error_handlers(app)
     app.include_router(health_router)

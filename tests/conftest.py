@@ -1,12 +1,55 @@
+import os
 import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers.colour import live_server, make_settings, write_colour_versions
+from tests.helpers.processes import STOP_DEADLINE_S, marked_processes
 from tests.helpers.synthetic import colour_task, write_tiny_config
 from zscl_core import LabelledImages, UpdateConfig, load_model, load_version, run_update
 from zscl_core.starter import ensure_starter
+
+# every process the tests start inherits these (the run's id, and the test that started it),
+# even through a stripped environment (the Stack keeps all but ZSCL_ variables)
+RUN_VARIABLE, TEST_VARIABLE = "PYTEST_ZSCL_RUN", "PYTEST_ZSCL_TEST"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_tests():
+    """Fail the run if a process a test started is still alive at the end (after the time a
+    stack takes to stop), naming the test; and kill it, so that it does not outlive the run."""
+    run = os.environ[RUN_VARIABLE] = uuid.uuid4().hex
+    yield
+    if not Path("/proc/self/environ").exists():
+        return
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while (left := marked_processes(RUN_VARIABLE, run)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    described = [f"pid {pid} ({_cmdline(pid)}) from {env.get(TEST_VARIABLE)}"
+                 for pid, env in left.items()]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, "processes started by tests outlived them (killed now): " + "; ".join(described)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "?"
+
+
+@pytest.fixture(autouse=True)
+def _name_the_test_in_started_processes(request):
+    os.environ[TEST_VARIABLE] = request.node.nodeid
 
 
 @pytest.fixture(autouse=True)

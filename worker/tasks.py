@@ -52,16 +52,20 @@ def _allow_loader_processes() -> None:
 
 @worker_ready.connect
 def _reap_on_start(**_kwargs) -> None:
-    """Jobs left running by a worker that died are failed before new work starts."""
+    """Jobs left running by a worker that died are requeued (while they have retries left) or
+    failed before new work starts."""
     from records import db, jobs
+    from records.queue import send_requeued
 
     settings = current_app.conf.zscl_settings
     engine = db.make_engine(settings.database_url)
     db.create_all(engine)
-    with db.make_session_factory(engine)() as session:
-        reaped = jobs.reap_stale(session, settings.job_heartbeat_timeout_s)
-    if reaped:
-        logger.warning("failed %d job(s) whose worker was lost: %s", len(reaped), reaped)
+    sessions = db.make_session_factory(engine)
+    with sessions() as session:
+        reaped = jobs.reap_stale(session, settings.job_heartbeat_timeout_s, settings.job_max_retries)
+    send_requeued(current_app, sessions, reaped.requeued)
+    if reaped.failed:
+        logger.warning("failed %d job(s) whose worker was lost: %s", len(reaped.failed), reaped.failed)
 
 
 @shared_task(name=TASK_RUN_JOB)

@@ -58,9 +58,12 @@ def cmd_serve(args) -> int:
         import uvicorn
 
         from service.app import create_app
+
+        from .http_limits import uvicorn_options
         with embedded_worker(settings), _sigterm_like_ctrl_c():
             uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                        log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                        log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                        **uvicorn_options(settings))
         return 0
     return _serve_processes(settings, processes, args.log_level)
 
@@ -86,6 +89,8 @@ def _serve_processes(settings, processes: int, log_level: str) -> int:
     from the environment (``service.app:create_app`` as a factory), supervised by this one."""
     import uvicorn
 
+    from .http_limits import uvicorn_options
+
     if "timeout_worker_healthcheck" not in inspect.signature(uvicorn.Config).parameters:
         sys.exit(f"running {processes} API processes needs uvicorn >= 0.37 (older ones restart a "
                  f"process busy loading its model after 5 s): pip install -U 'uvicorn>=0.37', "
@@ -95,7 +100,7 @@ def _serve_processes(settings, processes: int, log_level: str) -> int:
         uvicorn.run("service.app:create_app", factory=True, workers=processes,
                     host=settings.host, port=settings.port, log_level=log_level,
                     log_config=_process_log_config(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **uvicorn_options(settings))
     return 0
 
 

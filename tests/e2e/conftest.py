@@ -35,7 +35,9 @@ def stack_factory(tmp_path, pretrained_tiny):
         base = {k: v for k, v in os.environ.items() if not k.startswith("ZSCL_")}
         base.update({"ZSCL_DATA_DIR": str(data_dir), "ZSCL_MODEL": str(data_dir / "versions" / "v-tiny"),
                      "ZSCL_ADMIN_KEY": ADMIN_KEY, "ZSCL_TORCH_THREADS": "1",
-                     "ZSCL_RECONCILE_INTERVAL_S": "0.5", "ZSCL_JOB_HEARTBEAT_TIMEOUT_S": "6",
+                     # a live worker beats every 2 s, but a busy machine delays it (CPU, and
+                     # SQLite's write lock, waited for up to 10 s): 6 s could call it lost
+                     "ZSCL_RECONCILE_INTERVAL_S": "0.5", "ZSCL_JOB_HEARTBEAT_TIMEOUT_S": "20",
                      "ZSCL_REFERENCE_DIR": str(write_reference_dir(tmp_path / "reference")),
                      "ZSCL_START_WORKER": "false"})
         if redis:

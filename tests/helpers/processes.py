@@ -18,6 +18,13 @@ import httpx
 from tests.helpers import ADMIN
 
 REPO = Path(__file__).resolve().parents[2]
+# `zscl serve` stops in GRACEFUL_SHUTDOWN_S (5 s) plus its worker's warm shutdown (at most 15 s);
+# a loaded machine may take several times that, and a deadline costs nothing when it is not hit
+STOP_DEADLINE_S = 90
+# one request to a test server, or a server starting: a loaded machine (other engineers' work,
+# two workers training) may take many times the usual; a deadline is only paid by a hang
+REQUEST_TIMEOUT_S = 120
+START_DEADLINE_S = 300
 
 
 def free_port() -> int:
@@ -54,12 +61,16 @@ def redis_server() -> Iterator[int]:
                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = redis.Redis(port=port)
-        wait_until(lambda: _pings(client), 10, what="redis-server answering")
+        wait_until(lambda: _pings(client), START_DEADLINE_S, what="redis-server answering")
         client.close()
         yield port
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Stack:
@@ -82,7 +93,7 @@ class Stack:
     def api(self, **extra_env):
         proc = self._spawn(["serve", "--port", str(self.port), "--log-level", "warning"], "api",
                            extra_env)
-        wait_until(lambda: self._ready(), 120, 0.25, "API ready")
+        wait_until(lambda: self._ready(), START_DEADLINE_S, 0.25, "API ready")
         return proc
 
     def worker(self, name: str = "w1"):
@@ -90,18 +101,18 @@ class Stack:
 
     def _ready(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/readyz", timeout=REQUEST_TIMEOUT_S).status_code == 200
         except httpx.HTTPError:
             return False
 
     def served(self) -> str:
-        return httpx.get(f"{self.url}/livez", timeout=5).headers["X-Model-Version"]
+        return httpx.get(f"{self.url}/livez", timeout=REQUEST_TIMEOUT_S).headers["X-Model-Version"]
 
     def get_job(self, job_id: str) -> dict:
-        return httpx.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
+        return httpx.get(f"{self.url}/v1/jobs/{job_id}", timeout=REQUEST_TIMEOUT_S).json()
 
     def upload(self, body: bytes, name: str, suite: bool = False) -> dict:
-        response = httpx.post(f"{self.url}/v1/datasets", content=body, timeout=60,
+        response = httpx.post(f"{self.url}/v1/datasets", content=body, timeout=REQUEST_TIMEOUT_S,
                               params={"name": name, "suite": str(suite).lower(), "test_fraction": 0.25},
                               headers={**ADMIN, "Content-Type": "application/zip"})
         assert response.status_code == 201, response.text
@@ -109,11 +120,11 @@ class Stack:
 
     def submit(self, dataset_id: str, **body) -> dict:
         response = httpx.post(f"{self.url}/v1/jobs", json={"dataset_id": dataset_id, **body},
-                              headers=ADMIN, timeout=30)
+                              headers=ADMIN, timeout=REQUEST_TIMEOUT_S)
         assert response.status_code == 202, response.text
         return response.json()
 
-    def wait_job(self, job_id: str, timeout_s: float = 300) -> dict:
+    def wait_job(self, job_id: str, timeout_s: float = 600) -> dict:
         return wait_until(lambda: (j := self.get_job(job_id))["state"] in
                           ("succeeded", "rejected", "failed", "cancelled") and j,
                           timeout_s, 0.5, f"job {job_id} ending")
@@ -122,15 +133,23 @@ class Stack:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
 
     def close(self) -> None:
+        """Stop every process, and everything each one started: SIGTERM to each (`zscl serve`
+        stops its own worker), then wait for each one's whole session to end, orphans included,
+        and SIGKILL whatever is left at :data:`STOP_DEADLINE_S`. Waiting for the started process
+        alone let a worker's pool or DataLoader processes live on after the test."""
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
+            else:  # it died (a test killed it): what it left has no one to stop it
+                signal_session(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_DEADLINE_S
         for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            while session_processes(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            kill_session(proc.pid)
+            proc.wait()
+            wait_until(lambda sid=proc.pid: not session_processes(sid), STOP_DEADLINE_S, 0.1,
+                       f"the processes of session {proc.pid} gone after SIGKILL")
 
 
 def session_processes(session_id: int) -> list[int]:
@@ -149,11 +168,34 @@ def session_processes(session_id: int) -> list[int]:
     return pids
 
 
+def signal_session(session_id: int, signum: int) -> None:
+    """Send ``signum`` to every live process of session ``session_id``."""
+    for pid in session_processes(session_id):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def kill_session(session_id: int) -> None:
     """SIGKILL whatever is left of session ``session_id`` (see :func:`session_processes`): the
     clean-up of a test whose process may have died before stopping its own children."""
-    for pid in session_processes(session_id):
+    signal_session(session_id, signal.SIGKILL)
+
+
+def marked_processes(name: str, value: str) -> dict[int, dict[str, str]]:
+    """The live processes (Linux ``/proc``) whose environment has ``name=value``, but this one:
+    pid -> their environment. Every process a test starts inherits the environment it was
+    started with, even one whose parent died and left it to init."""
+    wanted = f"{name}={value}".encode()
+    found = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            entries = environ.read_bytes().split(b"\0")
+            state = (environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # ended meanwhile, or another user's
+            continue
+        if wanted in entries and pid != os.getpid() and state != "Z":
+            found[pid] = dict(e.decode(errors="replace").partition("=")[::2] for e in entries if e)
+    return found
