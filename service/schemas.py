@@ -27,6 +27,8 @@ def check_labels(labels: list) -> list[str]:
             raise ValueError(f"labels must be strings; label {index} is {label!r} "
                              f"({type(label).__name__})")
     cleaned = [label.strip() for label in labels]
+    if not cleaned:
+        raise ValueError("labels is empty; give at least one candidate label")
     for index, label in enumerate(cleaned):
         if not label:
             raise ValueError(f"labels must be non-empty strings; label {index} is empty")

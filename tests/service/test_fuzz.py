@@ -81,3 +81,44 @@ def test_random_archives_as_dataset_uploads_never_answer_5xx(live_url):
 
     run()
     assert not failures, "\n".join(failures[:10])
+
+
+# The shapes an attacker's pass found 500s with (issue 20): integers past any database's range in
+# query parameters, JSON nested thousands deep in form fields and bodies. None may be a 5xx.
+huge_ints = st.one_of(st.integers(min_value=2**63 - 2, max_value=10**30),
+                      st.integers(max_value=-(2**63) + 2, min_value=-(10**30)))
+nested = st.integers(min_value=1, max_value=20_000).map(lambda n: "[" * n + "]" * n)
+
+
+def test_hostile_shapes_never_answer_5xx(live_url):
+    base_url = live_url
+    failures: list[str] = []
+
+    def check(response, what: str) -> None:
+        if response.status_code >= 500:
+            failures.append(f"{what} -> {response.status_code}: {response.text[:200]}")
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(number=huge_ints, deep=nested, where=st.sampled_from([
+        ("GET", "/v1/jobs", "offset"), ("GET", "/v1/jobs", "limit"),
+        ("GET", "/v1/jobs/ffffffffffffffff/events", "after"),
+        ("POST", "/v1/datasets", "seed"), ("POST", "/v1/datasets", "test_fraction")]))
+    def run(number, deep, where):
+        with httpx.Client(base_url=base_url, headers=HEADERS, timeout=30) as client:
+            method, path, param = where
+            check(client.request(method, path, params={param: number, "name": "fuzz"},
+                                 content=_zip([("a/x.png", b"x")])), f"{method} {path}?{param}={number}")
+            for field in ("labels", "templates"):
+                form = {"labels": "cat,dog", field: deep}
+                check(client.post("/v1/classify", data=form,
+                                  files=[("images", ("x.png", b"\x89PNG", "image/png"))]),
+                      f"classify {field} nested {len(deep) // 2}")
+            check(client.post("/v1/classify", content=b'{"images": ' + deep.encode() + b"}",
+                              headers={"Content-Type": "application/json"}),
+                  f"classify JSON nested {len(deep) // 2}")
+            check(client.post("/v1/jobs", json={"dataset_id": "x", "hparams": {"seed": number}}),
+                  f"job seed {number}")
+
+    run()
+    assert not failures, "\n".join(failures[:10])
