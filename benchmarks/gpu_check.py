@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -124,13 +123,13 @@ def run_job(args, model: str, workdir: Path) -> dict:
     env = {**os.environ, "ZSCL_DATA_DIR": str(workdir / "var"), "ZSCL_MODEL": model,
            "ZSCL_DEVICE": args.device, "ZSCL_PORT": str(port), "ZSCL_ADMIN_KEY": ADMIN_KEY,
            "ZSCL_START_WORKER": "true", "ZSCL_API_WORKERS": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(workdir / "job-serve.log", "w")  # noqa: SIM115 - closed below
+    log_path = workdir / "job-serve.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--log-level", "warning"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, 300,
-              "the server to be ready")
+        serve_bench.wait_ready(url, proc, log_path)
         ready_s = time.monotonic() - started
         body = _dataset_zip(args.images, args.job_images, workdir)
         response = httpx.post(f"{url}/v1/datasets", content=body, timeout=300, headers={
@@ -147,15 +146,10 @@ def run_job(args, model: str, workdir: Path) -> dict:
                     in ("succeeded", "rejected", "failed", "cancelled") and j, 1800, "the job")
     except BaseException:
         log.flush()
-        print((workdir / "job-serve.log").read_text()[-4000:], file=sys.stderr)
+        print(log_path.read_text()[-4000:], file=sys.stderr)
         raise
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        serve_bench.stop_server(proc, group=True)
         log.close()
     metrics = job.get("metrics") or {}
     busy = (metrics.get("data_wait_s") or 0) + (metrics.get("compute_s") or 0)
@@ -283,7 +277,8 @@ def run(argv: list[str] | None = None) -> dict:
             begun = time.monotonic()
             try:
                 figures[name] = part()
-            except Exception as exc:  # noqa: BLE001 - one part's failure must not hide the others
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - one part's failure must not
+                # hide the others (serve_bench ends a failed start with SystemExit)
                 logger.exception("gpu_check: part %s failed", name)
                 figures[name] = None
                 figures.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"

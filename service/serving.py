@@ -183,8 +183,8 @@ def load_served(path: Path, version: str, generation: int, device: str, *,
     if trace_images:
         served.image_graph = frozen_image_encoder(model, blank.unsqueeze(0).to(device),
                                                   served.image_dtype)
-    served.encode_images(blank.unsqueeze(0))
     served.device_preprocess = split_preprocess(served.preprocess)
+    # warm the path requests take (uint8 pixels where the transform splits)
     served.encode_images(torch.stack([served.request_transform(Image.new("RGB", (64, 64)))]))
     served.build_head(["warm-up"], WARMUP_TEMPLATES)
     return served
