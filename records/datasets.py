@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 
 def add_dataset(sessions: sessionmaker[Session], settings: Settings, upload: str | Path, *,
                 name: str, suite: bool, content_type: str | None, test_fraction: float,
-                seed: int) -> tuple[Dataset, bool]:
-    """Validate, store and record an uploaded archive. Returns (row, created)."""
+                seed: int, origin: dict[str, Any] | None = None) -> tuple[Dataset, bool]:
+    """Validate, store and record an uploaded archive. Returns (row, created).
+
+    ``origin`` records where a dataset the service built itself came from (e.g. feedback)."""
     limits = dataclasses.replace(settings.ingest_limits(), test_fraction=test_fraction,
                                  split_seed=seed)
     ingested = ingest_dataset(Path(upload), settings.datasets_dir, limits, filename=name,
@@ -39,7 +41,7 @@ def add_dataset(sessions: sessionmaker[Session], settings: Settings, upload: str
         row = Dataset(id=ingested.dataset_id, name=name, sha256=ingested.sha256,
                       path=str(ingested.path), classnames=list(ingested.classnames),
                       n_train=ingested.n_train, n_test=ingested.n_test, split=ingested.split,
-                      is_suite=suite)
+                      is_suite=suite, origin=origin)
         session.add(row)
         try:
             session.commit()
@@ -120,4 +122,4 @@ def dataset_out(row: Dataset) -> dict[str, Any]:
     n_eval = row.n_train + row.n_test if row.is_suite else row.n_test
     return {"id": row.id, "name": row.name, "sha256": row.sha256, "classnames": row.classnames,
             "n_train": row.n_train, "n_test": row.n_test, "n_eval": n_eval, "split": row.split,
-            "is_suite": row.is_suite, "created_at": row.created_at}
+            "is_suite": row.is_suite, "created_at": row.created_at, "origin": row.origin}

@@ -1,6 +1,7 @@
-"""Database: the engine and session factory, and creating the tables of :mod:`records.tables`.
+"""Database: the engine and session factory, and bringing the schema of :mod:`records.tables` up
+to date through the migrations of :mod:`records.migrations`.
 
-Importing this module has no side effects (no engine, no files); :func:`create_all` runs at startup.
+Importing this module has no side effects (no engine, no files); :func:`upgrade` runs at startup.
 SQLite gets WAL and a busy timeout so that the API and a worker process can share the file;
 any other SQLAlchemy URL (PostgreSQL) is used as is.
 """
@@ -12,9 +13,10 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from .tables import Base
+from .migrations import SchemaState, check_schema, upgrade
 
-__all__ = ["make_engine", "make_session_factory", "create_all", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["make_engine", "make_session_factory", "upgrade", "check_schema", "SchemaState",
+           "create_all", "SQLITE_BUSY_TIMEOUT_MS"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -46,5 +48,6 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def create_all(engine: Engine) -> None:
-    """Create every table of :mod:`records.tables` (idempotent)."""
-    Base.metadata.create_all(engine)
+    """The schema at the newest revision: :func:`upgrade`, under the name the callers from before
+    migrations (the worker, benchmarks, tests) use. Idempotent, and safe from several processes."""
+    upgrade(engine)

@@ -11,7 +11,8 @@ from zscl_core.errors import DatasetError, ZSCLError
 
 __all__ = ["ServiceError", "NotReady", "Unauthorized", "Forbidden", "NotFound", "UnknownVersion",
            "Conflict", "InvalidRequest", "InvalidImage", "UnsupportedMediaType", "PayloadTooLarge",
-           "QueueFull", "ClientGone", "DatasetTooLarge", "UnsafeArchive", "UnsupportedUpload"]
+           "QueueFull", "ClientGone", "DatasetTooLarge", "UnsafeArchive", "UnsupportedUpload",
+           "SchemaMismatch"]
 
 
 class ServiceError(ZSCLError):
@@ -80,6 +81,12 @@ class QueueFull(ServiceError):
     def __init__(self, message: str, retry_after_s: int = 1):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class SchemaMismatch(ServiceError):
+    """The database's schema is not one this code can migrate: a revision it does not know (the
+    database was upgraded by a newer zscl-serve), or tables that predate migrations and differ
+    from the baseline. Refuse to run rather than read or write it."""
 
 
 class DatasetTooLarge(DatasetError):

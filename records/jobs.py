@@ -59,9 +59,10 @@ def _missing_dataset(dataset_id: str) -> NotFound:
 
 
 def create_job(session: Session, *, dataset_id: str, method: str, hparams: dict[str, Any],
-               gate: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
+               gate: dict[str, Any], idempotency_key: str | None = None,
+               trigger: dict[str, Any] | None = None) -> tuple[Job, bool]:
     """Insert a queued job and its "queued" event; with an idempotency key seen before, return
-    that job instead.
+    that job instead. ``trigger`` records what created a job that no user posted.
 
     Returns (job, created).
 
@@ -76,7 +77,7 @@ def create_job(session: Session, *, dataset_id: str, method: str, hparams: dict[
         raise _missing_dataset(dataset_id)
     job = Job(id=uuid.uuid4().hex, idempotency_key=idempotency_key, dataset_id=dataset_id,
               method=method, hparams=hparams, gate=gate, state="queued",
-              total_steps=int(hparams.get("steps", 0)))
+              total_steps=int(hparams.get("steps", 0)), trigger=trigger)
     try:
         with _transaction(session):
             session.add(job)
@@ -254,4 +255,4 @@ def job_summary(job: Job) -> dict[str, Any]:
             "eta_s": job.eta_s, "metrics": job.metrics, "report": job.report, "error": job.error,
             "base_version": job.base_version, "candidate_version": job.candidate_version,
             "cancel_requested": job.cancel_requested, "created_at": job.created_at,
-            "started_at": job.started_at, "finished_at": job.finished_at}
+            "started_at": job.started_at, "finished_at": job.finished_at, "trigger": job.trigger}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -10,17 +11,35 @@ from sqlalchemy.orm import Session
 from .errors import NotFound
 from .tables import LabelSet
 
-__all__ = ["put_label_set", "get_label_set", "delete_label_set", "list_label_sets"]
+__all__ = ["UNSET", "put_label_set", "get_label_set", "delete_label_set", "list_label_sets"]
+
+
+class Unset:
+    """The type of :data:`UNSET`: "not given", where None is a value."""
+
+
+UNSET = Unset()
 
 
 def put_label_set(session: Session, name: str, classnames: Sequence[str],
-                  templates: Sequence[str] | None = None, source: str | None = None) -> LabelSet:
-    """Create or replace the label set ``name``."""
+                  templates: Sequence[str] | None = None, source: str | None = None, *,
+                  keep_images: bool | None = None,
+                  auto_update: dict[str, Any] | None | Unset = UNSET) -> LabelSet:
+    """Create or replace the label set ``name``.
+
+    ``keep_images`` (classify keeps this set's images for feedback by default) and
+    ``auto_update`` (the feedback policy, ``records.feedback.AutoUpdatePolicy`` as a dict, or
+    None for none) are left as stored when not given.
+    """
     row = session.get(LabelSet, name)
     if row is None:
-        row = LabelSet(name=name)
+        row = LabelSet(name=name, keep_images=False, auto_update=None)
         session.add(row)
     row.classnames, row.templates, row.source = list(classnames), (list(templates) if templates else None), source
+    if keep_images is not None:
+        row.keep_images = keep_images
+    if not isinstance(auto_update, Unset):
+        row.auto_update = auto_update
     session.commit()
     return row
 

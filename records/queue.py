@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from records import jobs
 from records.settings import Settings
+from records.tables import Job
 
-__all__ = ["create_celery", "send_job", "send_requeued", "TASK_RUN_JOB", "QUEUE"]
+__all__ = ["create_celery", "send_job", "send_requeued", "queued_jobs", "TASK_RUN_JOB", "QUEUE"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +78,18 @@ def send_requeued(celery: Celery, sessions: sessionmaker[Session], job_ids: list
                      f"be queued again ({exc}); check ZSCL_BROKER_URL and resubmit the job"}
             with sessions() as session:
                 jobs.transition(session, job_id, "failed", error=error)
+
+
+def queued_jobs(sessions: sessionmaker[Session]) -> list[str]:
+    """The jobs waiting to run, oldest first.
+
+    Embedded mode sends them all again when its worker starts (``worker.tasks``): kombu's
+    SQLAlchemy transport marks a message delivered when a worker takes it and never delivers it
+    again, so a worker killed after it took a job and before it marked it running (the first
+    job of a pool process waits seconds for torch to load) left that job queued with no message
+    to run it. A job sent twice runs once: a worker starts only a job that is still queued
+    (``worker.pipeline.JobRunner.run``).
+    """
+    with sessions() as session:
+        return list(session.scalars(select(Job.id).where(Job.state == "queued")
+                                    .order_by(Job.created_at)))

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_prompts: int = Field(1024, gt=0, description="labels x templates one classify request "
                              "may ask to encode: the work a head-cache miss can cost (about 4.5 s "
                              "on 2 CPU cores with the starter)")
+    max_embed_texts: int = Field(256, gt=0, description="texts one POST /v1/embeddings request "
+                                 "may ask to encode (each one text-tower pass, no templates)")
 
     # micro-batching and inference
     batch_max_size: int | None = Field(None, gt=0, description="images per forward; default "
@@ -97,6 +99,14 @@ class Settings(BaseSettings):
                                            "heartbeat for this long is failed (worker lost)")
     start_worker: bool = Field(True, description="embedded mode: `zscl serve` also starts one "
                                "worker process")
+
+    # feedback (records.feedback): classified images kept so that users can correct the answers
+    feedback_max_bytes: int = Field(2 * 1024 ** 3, gt=0, description="bytes of kept images; "
+                                    "past it, classify still answers but keeps no more images")
+    feedback_retention_days: float = Field(30.0, gt=0, description="a kept prediction nobody "
+                                           "answered is deleted with its image after this long")
+    feedback_purge_interval_s: float = Field(600.0, gt=0, description="how often each API "
+                                             "process purges expired predictions")
 
     # HTTP
     host: str = "127.0.0.1"
@@ -176,6 +186,10 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def feedback_dir(self) -> Path:
+        return self.data_dir / "feedback"
 
     def ingest_limits(self):
         from .ingest import IngestLimits  # lazy: settings stay cheap to import

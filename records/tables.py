@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "ModelVersion", "LabelSet", "ServingPointer", "Dataset", "Job", "JobEvent",
-           "JOB_STATES", "TERMINAL_STATES", "utcnow"]
+           "Prediction", "Feedback", "JOB_STATES", "TERMINAL_STATES", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -51,6 +51,10 @@ class LabelSet(Base):
     source: Mapped[str | None] = mapped_column(String(256), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
+    #: classify requests with this label set keep their images for feedback unless they say not to
+    keep_images: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: the automatic-update policy (``records.feedback.AutoUpdatePolicy`` as a dict), or None
+    auto_update: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ServingPointer(Base):
@@ -84,6 +88,8 @@ class Dataset(Base):
     split: Mapped[str] = mapped_column(String(16))
     is_suite: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: where it came from when not an upload, e.g. {"kind": "feedback", "label_set": ...}
+    origin: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):
@@ -112,6 +118,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: what created it when not a user's POST, e.g. {"kind": "auto-update", "label_set": ...}
+    trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):
@@ -124,3 +132,39 @@ class JobEvent(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Prediction(Base):
+    """A classified image kept for feedback: its bytes are stored content-addressed on disk
+    (``image_sha256``), and it expires unless someone gives feedback on it."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    version_id: Mapped[str] = mapped_column(String(128))
+    label_set: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    labels: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # when no label set
+    image_name: Mapped[str] = mapped_column(String(256))
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    image_format: Mapped[str] = mapped_column(String(8))  # the file suffix: "png", "jpeg"...
+    image_bytes: Mapped[int] = mapped_column(Integer)
+    top_label: Mapped[str] = mapped_column(String(256))
+    top_probability: Mapped[float] = mapped_column(Float)
+
+
+class Feedback(Base):
+    """A user's answer to one prediction: the true label (a confirmation when it is the
+    prediction's top label, a correction otherwise)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prediction_id: Mapped[str] = mapped_column(String(32), ForeignKey("predictions.id"),
+                                               unique=True)
+    label: Mapped[str] = mapped_column(String(256))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: the first dataset built from it; None while it is new (what the auto-update policy counts)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)

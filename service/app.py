@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from records.errors import SchemaMismatch
 from records.runtime import tune_process
 from records.settings import Settings
 from zscl_core import ZSCLError
@@ -44,11 +45,16 @@ async def _start_serving(services: Services) -> None:
     try:
         holder.phase = f"bootstrapping ZSCL_MODEL={settings.model}"
         await _in_daemon_thread(lambda: bootstrap(settings, services.engine))
+    except SchemaMismatch as exc:  # e.g. a newer release's database: serve nothing from it
+        holder.last_error = str(exc)
+        logger.error("refusing to serve: %s", exc)
+        return
     except (ZSCLError, OSError, SQLAlchemyError) as exc:  # e.g. an unknown model: say so on /readyz
         holder.last_error = f"could not bootstrap ZSCL_MODEL={settings.model!r}: {exc}"
         logger.error("%s; waiting for a version to be activated", holder.last_error)
     await holder.sync("startup")
-    loops = [holder.reconcile_forever(settings.reconcile_interval_s), _reap_forever(services)]
+    loops = [holder.reconcile_forever(settings.reconcile_interval_s), _reap_forever(services),
+             _purge_feedback_forever(services)]
     if settings.redis_url:
         loops.append(holder.listen_forever(settings.redis_url))
     await asyncio.gather(*loops)
@@ -78,6 +84,20 @@ async def _reap_forever(services: Services) -> None:
         except OperationalError as exc:  # database busy or briefly away: try again next time
             logger.warning("job reaper: %s", exc)
         await asyncio.sleep(interval)
+
+
+async def _purge_feedback_forever(services: Services) -> None:
+    """Delete kept predictions nobody answered once their retention is over, and keep the live
+    accuracy in the metrics current for answers other processes took."""
+    while True:
+        try:
+            purged = await asyncio.to_thread(services.feedback.purge)
+            if purged:
+                logger.info("feedback: purged %d expired prediction(s)", purged)
+            await asyncio.to_thread(services.feedback.refresh_metrics)
+        except (OperationalError, OSError) as exc:  # busy database, a file gone: next time
+            logger.warning("feedback purge: %s", exc)
+        await asyncio.sleep(services.settings.feedback_purge_interval_s)
 
 
 async def _sync_metrics_forever(metrics: Metrics) -> None:

@@ -191,6 +191,13 @@ class MicroBatcher:
         Call :meth:`admit` first with ``len(pixels)``. ``head`` is best on the host (as
         :meth:`ServedModel.build_head` gives it): the ranking runs here, on the event loop.
         """
+        features = await self.features(served, pixels)
+        return rank(served, features, head, top_k)  # here, not on the inference thread
+
+    async def features(self, served: ServedModel, pixels: torch.Tensor) -> torch.Tensor:
+        """The images' float32 features on the host, (n, dim): what :meth:`submit` ranks with
+        (``POST /v1/embeddings`` answers them). The images join the next batch; call
+        :meth:`admit` first with ``len(pixels)``."""
         n = len(pixels)
         job = _Job(served, pixels, asyncio.get_running_loop().create_future())
         with self._cond:
@@ -201,8 +208,7 @@ class MicroBatcher:
             self._waiting_images += n
             self._queue.append(job)
             self._cond.notify_all()
-        features = await job.future
-        return rank(served, features, head, top_k)  # here, not on the inference thread
+        return await job.future
 
     def _gather(self) -> list[_Job] | None:
         """The next batch (None when stopping), under the lock, on the inference thread."""

@@ -75,7 +75,7 @@ def ensure_serving(session: Session, settings: Settings) -> str:
 
 
 def bootstrap(settings: Settings, engine: Engine | None = None, *, attempts: int = 3) -> str:
-    """Create the tables and :func:`ensure_serving`, retried when another process bootstraps
+    """Apply pending schema migrations and :func:`ensure_serving`, retried when another process bootstraps
     the same database at the same moment; the served version id. Blocking: on a first start it
     may build the starter model (about a minute).
 
@@ -89,7 +89,7 @@ def bootstrap(settings: Settings, engine: Engine | None = None, *, attempts: int
     sessions = db.make_session_factory(engine)
 
     def once() -> str:
-        db.create_all(engine)
+        db.upgrade(engine)  # pending migrations, under a lock; refuses a newer database
         with sessions() as session:
             return ensure_serving(session, settings)
 

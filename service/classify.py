@@ -78,6 +78,8 @@ class Classification:
     names: list[str]
     ranked: list[list[tuple[str, float]]]  # per image: (label, probability), best first
     seconds: float
+    labels: list[str]  # every candidate label, as checked
+    keep_default: bool = False  # the label set keeps its images for feedback
 
 
 class Classifier:
@@ -91,18 +93,20 @@ class Classifier:
         self.limits = limits
 
     def _resolve(self, labels: Sequence[str] | None, label_set: str | None,
-                 templates: Sequence[str] | None) -> tuple[list[str], list[str]]:
+                 templates: Sequence[str] | None) -> tuple[list[str], list[str], bool]:
+        """The labels and templates to rank with, and whether the label set keeps images."""
         if (labels is None) == (label_set is None):
             raise InvalidRequest("give either 'labels' (a list of candidate labels) or 'label_set' "
                                  "(the name of a stored label set), not both or neither")
+        keep = False
         if label_set is not None:
             with self._sessions() as session:
                 row = get_label_set(session, label_set)
-                labels, stored_templates = row.classnames, row.templates
+                labels, stored_templates, keep = row.classnames, row.templates, row.keep_images
             templates = templates or stored_templates
         labels, templates = check_label_set(labels, templates, self.limits)
         templates = templates or list(DEFAULT_TEMPLATES)
-        return labels, templates
+        return labels, templates, bool(keep)
 
     def check_batch(self, n_images: int) -> None:
         if n_images < 1:
@@ -148,7 +152,8 @@ class Classifier:
         watcher = (asyncio.create_task(_watch(disconnected, gone)) if disconnected is not None
                    else None)
         try:
-            classnames, tmpl = await asyncio.to_thread(self._resolve, labels, label_set, templates)
+            classnames, tmpl, keep = await asyncio.to_thread(self._resolve, labels, label_set,
+                                                             templates)
             head = await self.holder.head(served, classnames, tmpl, gone)
             if gone.is_set():  # it left meanwhile (e.g. while a build it shared went on for others)
                 raise ClientGone("the client disconnected while its labels' head was built")
@@ -161,4 +166,4 @@ class Classifier:
         ranked = await self.batcher.submit(served, pixels, head, top_k)
         return Classification(served.version, [name for name, _ in files],
                               [[(classnames[i], p) for i, p in row] for row in ranked],
-                              time.perf_counter() - started)
+                              time.perf_counter() - started, classnames, keep)

@@ -10,9 +10,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from records import db
 from records.settings import Settings
+from zscl_core import HeadCache
 
 from .batching import MicroBatcher
 from .classify import Classifier, Limits
+from .feedback import FeedbackService
+from .embeddings import TEXT_CACHE_ENTRIES, EmbedLimits, Embedder
+from .head_builder import HeadBuilder
 from .metrics import Metrics
 from .serving import ModelHolder
 
@@ -29,6 +33,8 @@ class Services:
     batcher: MicroBatcher
     classifier: Classifier
     celery: Celery  # only sends update jobs; opens no connection until the first send
+    feedback: FeedbackService
+    embedder: Embedder
 
 
 def build_services(settings: Settings) -> Services:
@@ -51,6 +57,14 @@ def build_services(settings: Settings) -> Services:
     limits = Limits(settings.max_labels, settings.max_batch_images, settings.max_image_pixels,
                     settings.max_templates, settings.max_prompts)
     classifier = Classifier(holder, batcher, sessions, limits)
+    # texts to embed get a builder of their own: they never wait behind (or evict) classify's heads
+    text_builder = HeadBuilder(HeadCache(TEXT_CACHE_ENTRIES), threads=1,
+                               queue_max=settings.head_build_queue, nice=settings.head_build_nice)
+    embedder = Embedder(holder, batcher, text_builder,
+                        EmbedLimits(settings.max_batch_images, settings.max_image_pixels,
+                                    settings.max_embed_texts))
     from records.queue import create_celery
-    return Services(settings, engine, sessions, metrics, holder, batcher, classifier,
-                    create_celery(settings))
+    celery = create_celery(settings)
+    return Services(settings, engine, sessions, metrics, holder, batcher, classifier, celery,
+                    feedback=FeedbackService(sessions, settings, celery, metrics),
+                    embedder=embedder)

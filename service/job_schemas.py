@@ -29,6 +29,8 @@ class DatasetOut(BaseModel):
                                    "test/ alone)")
     is_suite: bool = Field(description="a zero-shot evaluation suite: checked by every gate, never trained on")
     created_at: datetime
+    origin: dict[str, Any] | None = Field(None, description="where a dataset the service built "
+                                          "came from (e.g. a label set's feedback); null for uploads")
 
 
 class SuiteIn(BaseModel):
@@ -104,6 +106,8 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    trigger: dict[str, Any] | None = Field(None, description="what created a job no user posted "
+                                           "(e.g. a label set's auto-update policy); null otherwise")
 
 
 class JobEventOut(BaseModel):

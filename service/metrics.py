@@ -74,6 +74,9 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.images = Counter("zscl_classified_images", "Images classified", ["model_version"],
                               registry=self.registry)
+        self.embedded = Counter("zscl_embedded_inputs", "Images and texts embedded (POST "
+                                "/v1/embeddings), by kind", ["model_version", "kind"],
+                                registry=self.registry)
         self.swaps = Counter("zscl_model_swaps", "Model swaps", ["trigger"], registry=self.registry)
         self.swap_failures = Counter("zscl_model_swap_failures", "Versions that failed to load",
                                      registry=self.registry)
@@ -94,6 +97,18 @@ class Metrics:
                                    registry=self.registry)
         self.queue_images = Gauge("zscl_inference_queue_images", "Images waiting for inference",
                                   multiprocess_mode="livesum", registry=self.registry)
+        self.feedback = Counter("zscl_feedback_answers", "Answers to kept predictions, by the "
+                                "version that made the prediction and whether it was right "
+                                "(confirmed) or not (corrected)", ["model_version", "outcome"],
+                                registry=self.registry)
+        self.live_accuracy = Gauge("zscl_feedback_live_accuracy", "Top-1 accuracy of a version "
+                                   "on the predictions users answered (all answers on record)",
+                                   ["model_version"], multiprocess_mode="mostrecent",
+                                   registry=self.registry)
+        self.live_items = Gauge("zscl_feedback_live_items", "Answered predictions of a version "
+                                "(the count behind zscl_feedback_live_accuracy)",
+                                ["model_version"], multiprocess_mode="mostrecent",
+                                registry=self.registry)
         self._heads: HeadCache | None = None
         self._queue_depth: Callable[[], int] = lambda: 0
         self._synced_hits = self._synced_misses = 0
@@ -129,6 +144,12 @@ class Metrics:
         every_process = CollectorRegistry()
         MultiProcessCollector(every_process, path=directory)
         return generate_latest(every_process)
+
+    def set_live_accuracy(self, versions: dict[str, dict]) -> None:
+        """Record live accuracy: ``{version: {"items", "accuracy"}}`` (``records.feedback``)."""
+        for version, score in versions.items():
+            self.live_accuracy.labels(version).set(score["accuracy"])
+            self.live_items.labels(version).set(score["items"])
 
     def on_head_built(self, cause: str, seconds: float) -> None:
         self.head_build.labels(cause).observe(seconds)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from records.errors import InvalidRequest
 from zscl_core import check_template
 
-__all__ = ["ImageIn", "ClassifyJSON", "LabelScore", "ImagePrediction", "ClassifyResponse",
+__all__ = ["AutoUpdateIn", "ImageIn", "ClassifyJSON", "LabelScore", "ImagePrediction", "ClassifyResponse",
            "LabelSetIn", "LabelSetOut", "ModelOut", "ModelsOut", "ActivateOut", "HealthOut",
            "check_templates", "check_labels", "split_labels", "MAX_LABEL_CHARS"]
 
@@ -88,6 +88,8 @@ class ClassifyJSON(BaseModel):
     label_set: str | None = Field(None, description="name of a stored label set")
     templates: list[str] | None = Field(None, description="prompt templates with one '{}'")
     top_k: int = Field(5, ge=1)
+    keep: bool | None = Field(None, description="keep the images for feedback: each gets a "
+                              "prediction_id (default: the label set's keep_images, else no)")
 
 
 class LabelScore(BaseModel):
@@ -98,6 +100,8 @@ class LabelScore(BaseModel):
 class ImagePrediction(BaseModel):
     image: str
     labels: list[LabelScore]
+    prediction_id: str | None = Field(None, description="when the image was kept: send the true "
+                                      "label to POST /v1/feedback with it")
 
 
 class ClassifyResponse(BaseModel):
@@ -106,12 +110,30 @@ class ClassifyResponse(BaseModel):
     time_ms: float
 
 
+class AutoUpdateIn(BaseModel):
+    """A label set's auto-update policy: start a job on its feedback once enough has arrived."""
+
+    model_config = {"extra": "forbid"}
+
+    min_per_class: int = Field(20, ge=1, le=100_000, description="new answers a class needs")
+    min_classes: int = Field(2, ge=2, le=100_000, description="classes that need them")
+    method: str = Field("zscl", description="the job's method, as in POST /v1/jobs")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="as in POST /v1/jobs")
+    gate: dict[str, Any] = Field(default_factory=dict, description="as in POST /v1/jobs")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="of each class, held out for "
+                                 "the gate")
+
+
 class LabelSetIn(BaseModel):
     classnames: list[str] = Field(min_length=1, description="unique labels, as classify accepts "
                                   "them (at most ZSCL_MAX_LABELS)")
     templates: list[str] | None = Field(None, description="each with one '{}' (at most "
                                         "ZSCL_MAX_TEMPLATES); default: the service's templates")
     source: str | None = Field(None, description="who made it, e.g. the task that learned it")
+    keep_images: bool = Field(False, description="classify requests with this set keep their "
+                              "images for feedback unless they say keep=false")
+    auto_update: AutoUpdateIn | None = Field(None, description="start an update on this set's "
+                                             "feedback by itself (needs keep_images or keep=true)")
 
 
 class LabelSetOut(BaseModel):
@@ -120,6 +142,8 @@ class LabelSetOut(BaseModel):
     templates: list[str] | None
     source: str | None
     updated_at: datetime
+    keep_images: bool = False
+    auto_update: dict[str, Any] | None = None
 
 
 class ModelOut(BaseModel):

@@ -64,8 +64,11 @@ def _typed(model: type[BaseModel], values: Any, what: str) -> dict[str, Any]:
 
 
 def submit_job(sessions: sessionmaker[Session], settings: Settings, celery: Celery, body: JobIn,
-               *, idempotency_key: str | None) -> tuple[Job, bool]:
-    """Validate and enqueue; returns (job, created). Invalid values raise before anything is kept."""
+               *, idempotency_key: str | None, trigger: dict[str, Any] | None = None
+               ) -> tuple[Job, bool]:
+    """Validate and enqueue; returns (job, created). Invalid values raise before anything is kept.
+
+    ``trigger`` records what created a job no user posted (an auto-update policy)."""
     config, hparams = job_settings(body.method, body.hparams, body.gate)
     with sessions() as session:
         dataset = get_dataset(session, body.dataset_id)
@@ -79,7 +82,7 @@ def submit_job(sessions: sessionmaker[Session], settings: Settings, celery: Cele
                                  f"or train/ + test/")
         job, created = jobs.create_job(session, dataset_id=dataset.id, method=config.method,
                                        hparams=hparams, gate=body.gate,
-                                       idempotency_key=idempotency_key)
+                                       idempotency_key=idempotency_key, trigger=trigger)
     if created:
         from records.queue import QUEUE, TASK_RUN_JOB
 

@@ -319,8 +319,9 @@ class JobRunner:
                 return "rejected", version_id
             _, generation = registry.get_serving(session)
             registry.notify(self.settings.redis_url, version_id, generation)
-            put_label_set(session, dataset.name, list(dataset.classnames),
-                          list(DEFAULT_TEMPLATES), source=f"dataset:{dataset.id}")
+            if not (dataset.origin or {}).get("label_set"):  # feedback has its label set
+                put_label_set(session, dataset.name, list(dataset.classnames),
+                              list(DEFAULT_TEMPLATES), source=f"dataset:{dataset.id}")
             jobs.transition(session, job_id, "succeeded", candidate_version=version_id,
                             metrics=metrics, report=report.to_dict())
             return "succeeded", version_id

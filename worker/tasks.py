@@ -53,17 +53,22 @@ def _allow_loader_processes() -> None:
 @worker_ready.connect
 def _reap_on_start(**_kwargs) -> None:
     """Jobs left running by a worker that died are requeued (while they have retries left) or
-    failed before new work starts."""
+    failed before new work starts; a version it was saving, half-written, is removed (one that
+    a live worker is saving is locked, and kept). In embedded mode, the queued jobs are sent
+    again: the one a killed worker had taken has no message left (``records.queue.queued_jobs``)."""
     from records import db, jobs
-    from records.queue import send_requeued
+    from records.queue import queued_jobs, send_requeued
+    from zscl_core.tempdirs import remove_unlocked_temp_dirs
 
     settings = current_app.conf.zscl_settings
+    remove_unlocked_temp_dirs(settings.versions_dir)
     engine = db.make_engine(settings.database_url)
     db.create_all(engine)
     sessions = db.make_session_factory(engine)
+    stranded = [] if settings.distributed else queued_jobs(sessions)
     with sessions() as session:
         reaped = jobs.reap_stale(session, settings.job_heartbeat_timeout_s, settings.job_max_retries)
-    send_requeued(current_app, sessions, reaped.requeued)
+    send_requeued(current_app, sessions, stranded + reaped.requeued)
     if reaped.failed:
         logger.warning("failed %d job(s) whose worker was lost: %s", len(reaped.failed), reaped.failed)
 

@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .datasets import add_dataset
+from .feedback import add_feedback
+from .db import add_db
+from .embed import add_embed
 from .http import call, client_args, load_settings
 from .jobs import add_job
 from .label_sets import add_label_set
@@ -179,12 +182,15 @@ def cmd_classify(args) -> int:
         data["labels"] = args.labels
     if args.label_set:
         data["label_set"] = args.label_set
+    if args.keep is not None:
+        data["keep"] = str(args.keep).lower()
     response = call(args, "POST", "/v1/classify", files=files, data=data)
     body = response.json()
     print(f"model version {body['model_version']} ({body['time_ms']:.1f} ms)")
     for result in body["results"]:
         ranked = ", ".join(f"{s['label']} {s['probability']:.3f}" for s in result["labels"])
-        print(f"{result['image']}: {ranked}")
+        kept = f"  [prediction {result['prediction_id']}]" if result.get("prediction_id") else ""
+        print(f"{result['image']}: {ranked}{kept}")
     return 0
 
 
@@ -193,7 +199,10 @@ def _add_classify(subparsers) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--labels", help="comma-separated candidate labels, e.g. cat,dog,car")
     p.add_argument("--label-set", help="name of a stored label set instead of --labels")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="labels to show per image (5)")
+    p.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the images for feedback (`zscl feedback send <prediction> "
+                        "<label>`); default: the label set's keep_images")
     client_args(p)
     p.set_defaults(func=cmd_classify)
 
@@ -246,8 +255,8 @@ def _add_bench(subparsers) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_serve, _add_classify, _add_models, add_worker, add_dataset, add_job, add_label_set,
-    _add_bench,
+    _add_serve, _add_classify, add_embed, _add_models, add_worker, add_dataset, add_job,
+    add_label_set, add_feedback, add_db, _add_bench,
 ]
 
 

@@ -17,7 +17,8 @@ manifest's hash as they always were, and its manifest against the schema and bou
 not someone who rewrites the checksum file too.)
 
 Writes go to a temporary directory that is fsynced and then renamed into place, so a reader sees
-a whole version or none.
+a whole version or none. The temporary directory is locked while it is written
+(:mod:`zscl_core.tempdirs`): one a killed process left is removed at the next start.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +39,7 @@ from torch import nn
 from .errors import VersionIntegrityError
 from .models import MANIFEST_NAME, LoadedModel, build_from_spec
 from .specs import DEFAULT_MAX_MODEL_BYTES
+from .tempdirs import locked_temp_dir
 
 __all__ = ["save_version", "load_version", "read_manifest", "list_versions", "sha256_file",
            "CHECKSUMS_NAME", "WEIGHTS_NAME"]
@@ -80,9 +81,8 @@ def save_version(root: str | Path, model: nn.Module, spec: dict[str, Any], *,
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    # locked while it is written: a restart removes it if this process dies (remove_unlocked_temp_dirs)
+    with locked_temp_dir(root) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         weights = tmp / WEIGHTS_NAME
         save_file(_untie(state), str(weights))
@@ -105,9 +105,6 @@ def save_version(root: str | Path, model: nn.Module, spec: dict[str, Any], *,
             raise FileExistsError(f"version {version_id} already exists in {root}")
         os.rename(tmp, final)
         _fsync_path(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved version %s (parent %s)", version_id, parent)
     return version_id
 

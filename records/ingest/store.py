@@ -23,6 +23,7 @@ from typing import BinaryIO
 from zscl_core import LabelledImages, scan_image_folder
 from zscl_core.data import class_name_from_folder
 from zscl_core.errors import DatasetError
+from zscl_core.tempdirs import locked_temp_dir, remove_unlocked_temp_dirs
 
 from ..errors import DatasetTooLarge
 from .archive import Budget, IngestLimits, check_content_type, detect_archive, extract_tar, extract_zip
@@ -87,9 +88,8 @@ def ingest_dataset(upload: Path, store_root: Path, limits: IngestLimits, *, file
                               f"{limits.max_archive_bytes}; split the dataset or downscale its images")
     kind = detect_archive(upload)
     store_root.mkdir(parents=True, exist_ok=True)
-    work = store_root / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-    work.mkdir()
-    try:
+    # locked while it exists: a restart removes it if this process dies (remove_stale_temp_dirs)
+    with locked_temp_dir(store_root, _TMP_PREFIX) as work:
         raw, built = work / "raw", work / "dataset"
         raw.mkdir()
         budget = Budget(limits, archive_bytes)
@@ -100,8 +100,6 @@ def ingest_dataset(upload: Path, store_root: Path, limits: IngestLimits, *, file
         entries, split = assign_layout(files, dirs, limits)
         info = _build(entries, split, built, limits, filename)
         return _publish(built, store_root, info)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def read_dataset(path: Path, *, deduplicated: bool = False) -> IngestedDataset:
@@ -201,11 +199,11 @@ def upload_spool(store_root: str | Path) -> Iterator[tuple[Path, BinaryIO]]:
         fh.close()  # releases the lock
 
 
-def remove_stale_temp_dirs(store_root: Path, older_than_s: float = 3600.0) -> int:
+def remove_stale_temp_dirs(store_root: Path) -> int:
     """Remove what killed processes left behind; returns how many entries it removed.
 
-    - ``.tmp-*`` directories (ingestions) older than ``older_than_s``: that age must exceed the
-      longest ingestion, since a directory still being filled looks the same;
+    - ``.tmp-*`` directories (ingestions, deletions) that no live process holds locked
+      (:func:`zscl_core.tempdirs.locked_temp_dir`), whatever their age;
     - ``.upload-*`` spools (request bodies, up to ZSCL_MAX_DATASET_BYTES each) that no live
       process holds locked (:func:`upload_spool`), whatever their age.
 
@@ -214,19 +212,10 @@ def remove_stale_temp_dirs(store_root: Path, older_than_s: float = 3600.0) -> in
     store_root = Path(store_root)
     if not store_root.is_dir():
         return 0
-    cutoff = time.time() - older_than_s
-    removed = 0
+    removed = len(remove_unlocked_temp_dirs(store_root, _TMP_PREFIX))
     for entry in store_root.iterdir():
         if entry.name.startswith(_UPLOAD_PREFIX):
             removed += _remove_unlocked_spool(entry)
-            continue
-        try:
-            stale = entry.name.startswith(_TMP_PREFIX) and entry.stat().st_mtime < cutoff
-        except FileNotFoundError:  # its owner finished meanwhile
-            continue
-        if stale:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
     return removed
 
 

@@ -3,7 +3,10 @@
 One walk through every page, as a user would: bad input first (a wrong admin key, a corrupt
 archive: the API's message on screen, nothing stored), then two uploads, a job watched live to
 its gate report, a rollback to an older version, and a photo of a cat classified by it. A second
-test serves a read key (ZSCL_INFERENCE_KEY): the page asks for it once and sends it.
+test serves a read key (ZSCL_INFERENCE_KEY): the page asks for it once and sends it. A third
+walks the feedback loop on the colour CLIP: a prediction corrected from Try it, the Feedback
+page's counts and live accuracy, a dataset made of the answers, the auto-update policy saved
+and the job it starts, an answer deleted.
 
 The store holds two versions at start: the colour-pretrained tiny CLIP (served; jobs on it take
 seconds) and the offline starter (older; the one that knows a cat, built once per test session
@@ -26,9 +29,9 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from tests.helpers import ADMIN_KEY, INFERENCE_KEY
+from tests.helpers import ADMIN, ADMIN_KEY, INFERENCE_KEY
 from tests.helpers.archives import colours_zip, stripes_zip
-from tests.helpers.colour import live_server, make_settings, png_bytes
+from tests.helpers.colour import SOLID, live_server, make_settings, png_bytes
 from tests.helpers.synthetic import FAST_HPARAMS
 
 pytestmark = pytest.mark.slow
@@ -94,10 +97,11 @@ class Dashboard:
     def __init__(self, page, url: str, folder: Path):
         self.page, self.url, self.folder = page, url, folder
 
-    def open(self, route: str) -> None:
+    def open(self, route: str, ready: str | None = None) -> None:
+        """Load ``route`` (e.g. "feedback/colours") and wait for its page (``ready``: "feedback")."""
         self.page.goto("about:blank")  # a full load each time, as a user opening a link
         self.page.goto(f"{self.url}/ui/#/{route}")
-        self.wait_ready(route)
+        self.wait_ready(ready or route)
 
     def wait_ready(self, name: str) -> None:
         self.page.wait_for_selector(f"body[data-ready='{name}']", timeout=30_000)
@@ -302,3 +306,193 @@ def test_a_read_key_is_asked_for_once_and_sent_with_every_read(data_dir, browser
         assert page.inner_text("#try-version") == "v-colour"
         assert page.locator("ol.ranked li").first.get_attribute("data-label") == "red"
         assert not [u for u in urls if INFERENCE_KEY in u]
+
+
+# user data that would run as markup if a page inserted it as HTML
+MARKUP_IMAGE = "<img src=x onerror=window.pwned=1>red.png"
+MARKUP_LABEL = "<i>yellow"
+
+
+def _shade(colour: str, i: int) -> bytes:
+    """A distinct image of ``colour`` (answers count once per image content)."""
+    return png_bytes(tuple(max(0, c - i) if c > 100 else c + i for c in SOLID[colour]))
+
+
+def _answer(api: httpx.Client, colour: str, i: int, label: str) -> dict:
+    """Classify an image of ``colour`` with the label set, kept, and send its true label."""
+    kept = api.post("/v1/classify", data={"label_set": "colours", "keep": "true"},
+                    files=[("images", (f"{colour}-{i}.png", _shade(colour, i), "image/png"))])
+    assert kept.status_code == 200, kept.text
+    sent = api.post("/v1/feedback", json={"prediction_id": kept.json()["results"][0]["prediction_id"],
+                                          "label": label})
+    assert sent.status_code == 201, sent.text
+    return sent.json()
+
+
+def _classify_on_try_it(ui: Dashboard, name: str, image: bytes):
+    """Classify one image on the open Try it page; returns its result's "Correct it" form."""
+    ui.page.set_input_files("#try-input", files=[{"name": name, "mimeType": "image/png",
+                                                  "buffer": image}])
+    ui.page.click("#try-button")
+    form = ui.page.locator("form.correct")
+    form.wait_for(timeout=60_000)
+    return form
+
+
+def datasets_of(api: httpx.Client) -> list[dict]:
+    return api.get("/v1/datasets").json()
+
+
+def _cells(page, selector: str) -> list[str]:
+    return page.locator(f"{selector} td").all_inner_texts()
+
+
+def test_the_feedback_page_and_a_correction_from_try_it(data_dir, browser, screenshots):
+    with live_server(make_settings(data_dir)) as url, httpx.Client(base_url=url, timeout=60) as api:
+        put = api.put("/v1/label-sets/colours", headers=ADMIN,
+                      json={"classnames": ["red", "green", "blue", MARKUP_LABEL]})
+        assert put.status_code == 200, put.text
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page_errors, urls = [], []
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
+        page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
+                and page_errors.append(m.text))
+        page.on("request", lambda request: urls.append(request.url))
+        ui = Dashboard(page, url, screenshots)
+
+        # Try it: a red image, kept for feedback (the set does not keep by default), is "red";
+        # the user says it is blue: a correction
+        ui.open("try")
+        page.select_option("#try-label-set", "colours")
+        assert not page.is_checked("#try-keep")
+        page.check("#try-keep")
+        correct = _classify_on_try_it(ui, MARKUP_IMAGE, png_bytes("red"))
+        assert page.locator("ol.ranked li").first.get_attribute("data-label") == "red"
+        choices = correct.locator("select option")
+        assert choices.all_inner_texts() == ["red", "green", "blue", MARKUP_LABEL]
+        assert correct.locator("select").input_value() == "red"
+        correct.locator("select").select_option("blue")
+        correct.locator("button").click()
+        status = correct.locator(".correct-status")
+        expect(status).to_have_attribute("data-outcome", "corrected", timeout=30_000)
+        assert status.inner_text() == "corrected: red → blue · feedback"
+        [item] = api.get("/v1/feedback").json()["items"]
+        assert (item["predicted"], item["label"], item["image"]) == ("red", "blue", MARKUP_IMAGE)
+        ui.shot("try-feedback")
+
+        # the Feedback page: one answer, a correction, v-colour (served) 0% live accuracy
+        ui.open("feedback/colours", ready="feedback")
+        counts = {k: page.inner_text(f"#feedback-{k}") for k in ("items", "confirmed", "corrected", "new")}
+        assert counts == {"items": "1", "confirmed": "0", "corrected": "1", "new": "1"}
+        assert _cells(page, "#feedback-versions tr[data-version='v-colour']")[:4] == ["v-colour", "1", "0", "0.0%"]
+        assert page.is_visible("#feedback-versions tr[data-version='v-colour'] .served-badge")
+        assert _cells(page, "#feedback-labels tr[data-label='blue']") == ["blue", "0", "1", "1"]
+        row = f"#feedback-table tr[data-prediction='{item['prediction_id']}']"
+        assert MARKUP_IMAGE in page.inner_text(f"{row} .image-cell")
+        assert page.inner_text(f"{row} .true-label") == "blue"
+        # the kept image, fetched with the key header into an object URL
+        page.wait_for_function(f"document.querySelector(\"{row} img\").naturalWidth > 0",
+                               timeout=30_000)
+        assert page.get_attribute(f"{row} img", "src").startswith("blob:")
+
+        # making a dataset of one answer: the API's 422, verbatim
+        ui.enter_admin_key(ADMIN_KEY)
+        page.fill("#fd-min-per-class", "3")
+        page.fill("#fd-test-fraction", "0.3")
+        page.click("#fd-submit")
+        refused = page.locator("#fd-error")
+        refused.wait_for(timeout=30_000)
+        body = {"label_set": "colours", "min_per_class": 3, "test_fraction": 0.3}
+        direct = api.post("/v1/datasets/from-feedback", headers=ADMIN, json=body)
+        assert direct.status_code == 422 and refused.inner_text() == direct.json()["detail"]
+        assert datasets_of(api) == []
+
+        # five more answers through the API, all confirmations: 5 of 6 right, 83.3%
+        for i in range(3):
+            assert _answer(api, "green", i, "green")["correct"]
+        for i in range(2):
+            assert _answer(api, "blue", i, "blue")["correct"]
+        ui.open("feedback/colours", ready="feedback")
+        assert page.inner_text("#feedback-items") == "6" and page.inner_text("#feedback-confirmed") == "5"
+        assert _cells(page, "#feedback-versions tr[data-version='v-colour']")[:4] == ["v-colour", "6", "5", "83.3%"]
+        assert _cells(page, "#feedback-labels tr[data-label='blue']") == ["blue", "2", "1", "3"]
+        assert _cells(page, "#feedback-labels tr[data-label='green']") == ["green", "3", "0", "3"]
+
+        # now two classes have three answers each: a dataset, and the job form on it
+        page.fill("#fd-min-per-class", "3")
+        page.fill("#fd-test-fraction", "0.3")
+        page.click("#fd-submit")
+        page.wait_for_selector("#fd-dataset-id", timeout=60_000)
+        [made] = datasets_of(api)
+        assert made["classnames"] == ["blue", "green"] and made["origin"]["kind"] == "feedback"
+        assert page.get_attribute("#fd-dataset-id", "data-id") == made["id"]
+        assert "6 images (blue 3, green 3); 4 train / 2 test" in page.inner_text("#fd-result")
+        expect(page.locator("#feedback-new")).to_have_text("0")  # its answers are used now
+        page.click("#fd-new-job")
+        page.wait_for_selector("#new-job", state="visible")
+        assert page.input_value("#job-dataset") == made["id"]
+
+        # the auto-update policy: saved, stored as sent, read back by a fresh page
+        page.check("#policy-keep")
+        page.check("#policy-auto")
+        page.fill("#policy-min-per-class", "3")
+        page.fill("#policy-min-classes", "2")
+        page.fill("#policy-steps", "5")
+        page.click("#policy-save")
+        assert ui.notice() == "saved the feedback policy of colours"
+        stored = api.get("/v1/label-sets/colours").json()
+        assert stored["classnames"] == ["red", "green", "blue", MARKUP_LABEL]
+        assert stored["keep_images"] is True
+        policy = stored["auto_update"]
+        assert (policy["min_per_class"], policy["min_classes"], policy["hparams"]) == (3, 2, {"steps": 5})
+        ui.open("feedback/colours", ready="feedback")
+        assert page.is_checked("#policy-keep") and page.is_checked("#policy-auto")
+        assert [page.input_value(f"#policy-{k}") for k in ("min-per-class", "min-classes", "steps")] \
+            == ["3", "2", "5"]
+        assert "once 2 classes each have 3 new answers" in page.inner_text("#policy-summary")
+
+        # three new green answers and two red ones; the third red, confirmed from Try it,
+        # completes the policy: its job is linked from the answer, and says what started it
+        assert not any(_answer(api, "green", i, "green")["auto_update_job"] for i in range(10, 13))
+        assert not any(_answer(api, "red", i, "red")["auto_update_job"] for i in (1, 2))
+        ui.open("try")
+        page.select_option("#try-label-set", "colours")
+        assert page.is_checked("#try-keep")  # the set keeps its images now
+        correct = _classify_on_try_it(ui, "red-3.png", _shade("red", 3))
+        correct.locator("button").click()
+        status = correct.locator(".correct-status")
+        expect(status).to_have_attribute("data-outcome", "confirmed", timeout=30_000)
+        assert status.inner_text().startswith("confirmed: red · feedback · started auto-update job")
+        link = status.locator("a.auto-update-job")
+        job_id = link.get_attribute("data-job")
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        assert job["trigger"]["kind"] == "auto-update" and job["trigger"]["label_set"] == "colours"
+        link.click()
+        ui.wait_ready("job")
+        assert "label set colours's feedback" in page.inner_text("dl.summary")
+        ui.open("jobs")
+        assert "started by label set colours's feedback" in page.inner_text(
+            f"tr[data-job='{job_id}'] .started-by")
+
+        # 12 answers; the newest deleted from the Feedback page (after a confirm): 11
+        ui.open("feedback/colours", ready="feedback")
+        assert page.inner_text("#feedback-items") == "12"
+        ui.shot("feedback")
+        newest = api.get("/v1/feedback", params={"limit": 1}).json()["items"][0]["prediction_id"]
+        page.click(f"button[data-delete='{newest}']")
+        page.click("#confirm-yes")
+        expect(page.locator("#feedback-items")).to_have_text("11", timeout=30_000)
+        assert ui.notice() == "deleted the answer to red-3.png"
+        assert page.locator(f"tr[data-prediction='{newest}']").count() == 0
+        assert api.get(f"/v1/feedback/{newest}/image").status_code == 404
+
+        # every label set: the same answers, no per-set forms
+        page.select_option("#feedback-label-set", "")
+        expect(page.locator("#feedback-pick-hint")).to_be_visible()
+        assert page.inner_text("#feedback-items") == "11"
+
+        assert page.evaluate("window.pwned") is None
+        assert page.locator("main i, main img[src='x']").count() == 0
+        assert page_errors == []
+        assert not [u for u in urls if ADMIN_KEY in u]
+

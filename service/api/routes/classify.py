@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 
@@ -11,6 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from records.errors import InvalidRequest, UnsupportedMediaType
+from records.feedback import KeptImage
 
 from ...classify import Classification
 from ...schemas import (ClassifyJSON, ClassifyResponse, ImageIn, ImagePrediction, LabelScore,
@@ -31,6 +33,8 @@ _MULTIPART_SCHEMA = {
         "label_set": {"type": "string", "description": "name of a stored label set"},
         "templates": {"type": "array", "items": {"type": "string"}},
         "top_k": {"type": "integer", "default": 5, "minimum": 1},
+        "keep": {"type": "boolean", "description": "keep the images for feedback (each gets a "
+                 "prediction_id); default: the label set's keep_images, else false"},
     },
 }
 
@@ -76,9 +80,21 @@ async def _from_multipart(request: Request, max_files: int) -> dict:
             raise InvalidRequest("top_k must be an integer") from exc
         return {"files": images, "labels": split_labels(text("labels")),
                 "label_set": (text("label_set") or [None])[0], "templates": text("templates") or None,
-                "top_k": top_k_value}
+                "top_k": top_k_value, "keep": _flag(text("keep"), "keep")}
     finally:
         await form.close()
+
+
+def _flag(values: list[str], name: str) -> bool | None:
+    """A multipart boolean field: true/false (or 1/0, yes/no), None when absent."""
+    if not values:
+        return None
+    value = values[0].strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise InvalidRequest(f"{name} must be true or false, got {values[0][:40]!r}")
 
 
 def _decode_b64(item: ImageIn | str, index: int) -> tuple[str, bytes]:
@@ -100,15 +116,29 @@ async def _from_json(request: Request) -> dict:
         raise InvalidRequest(f"invalid JSON body: {problems}") from exc
     return {"files": [_decode_b64(item, i) for i, item in enumerate(body.images)],
             "labels": body.labels, "label_set": body.label_set, "templates": body.templates,
-            "top_k": body.top_k}
+            "top_k": body.top_k, "keep": body.keep}
 
 
-def _response(result: Classification) -> ClassifyResponse:
+def _response(result: Classification, prediction_ids: list[str | None]) -> ClassifyResponse:
     return ClassifyResponse(
         model_version=result.version, time_ms=round(result.seconds * 1000, 3),
         results=[ImagePrediction(image=name, labels=[LabelScore(label=label, probability=p)
-                                                     for label, p in ranked])
-                 for name, ranked in zip(result.names, result.ranked)])
+                                                     for label, p in ranked],
+                                 prediction_id=prediction_id)
+                 for name, ranked, prediction_id in zip(result.names, result.ranked,
+                                                        prediction_ids)])
+
+
+async def _keep(services, files: list[tuple[str, bytes]], result: Classification,
+                keep: bool | None, label_set: str | None) -> list[str | None]:
+    """Prediction ids for the images when the request keeps them (``service.feedback``)."""
+    if not (keep if keep is not None else result.keep_default):
+        return [None] * len(files)
+    kept = [KeptImage(name, data, ranked[0][0], ranked[0][1])
+            for (name, data), ranked in zip(files, result.ranked)]
+    return await asyncio.to_thread(services.feedback.keep, kept, version_id=result.version,
+                                   label_set=label_set,
+                                   labels=None if label_set is not None else result.labels)
 
 
 @router.post("/classify", response_model=ClassifyResponse, openapi_extra=OPENAPI_BODY,
@@ -116,7 +146,9 @@ def _response(result: Classification) -> ClassifyResponse:
              summary="Zero-shot classify one image or a batch",
              description="Rank candidate labels (or a stored label set) for each image. "
                          "Image features and the text classifier come from the same model "
-                         "version, named in `model_version` and the X-Model-Version header.")
+                         "version, named in `model_version` and the X-Model-Version header. "
+                         "With `keep` (or a label set that keeps images), each image is kept for "
+                         "feedback and gets a `prediction_id` (POST /v1/feedback).")
 async def classify(request: Request, services: ServicesDep) -> ClassifyResponse:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -126,8 +158,10 @@ async def classify(request: Request, services: ServicesDep) -> ClassifyResponse:
     else:
         raise UnsupportedMediaType("send multipart/form-data (image files in 'images') or "
                                    "application/json (base64 images)")
-    result = await services.classifier.classify(parsed.pop("files"), **parsed,
+    files, keep = parsed.pop("files"), parsed.pop("keep")
+    result = await services.classifier.classify(files, **parsed,
                                                 disconnected=request.is_disconnected)
     request.state.model_version = result.version
     services.metrics.images.labels(result.version).inc(len(result.names))
-    return _response(result)
+    prediction_ids = await _keep(services, files, result, keep, parsed["label_set"])
+    return _response(result, prediction_ids)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path
 from records import label_sets
 
 from ...classify import check_label_set
+from ...feedback import checked_policy
 from ...schemas import LabelSetIn, LabelSetOut
 from .. import API_V1
 from ..deps import READ_ACCESS, ServicesDep, SessionDep, require_admin
@@ -20,7 +21,8 @@ Name = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.
 
 def _out(row) -> LabelSetOut:
     return LabelSetOut(name=row.name, classnames=row.classnames, templates=row.templates,
-                       source=row.source, updated_at=row.updated_at)
+                       source=row.source, updated_at=row.updated_at,
+                       keep_images=bool(row.keep_images), auto_update=row.auto_update)
 
 
 @router.get("", dependencies=READ_ACCESS,
@@ -39,12 +41,17 @@ def get_one(name: Name, session: SessionDep) -> LabelSetOut:
             summary="Create or replace a label set",
             description="Refused (422) unless classify would accept the labels and templates: "
                         "a stored set is always usable. The served model's head for the set is "
-                        "built before it is stored, so its first classify finds it cached.")
+                        "built before it is stored, so its first classify finds it cached. "
+                        "`keep_images` and `auto_update` turn on the feedback loop "
+                        "(docs/updates.md).")
 def put_one(name: Name, body: LabelSetIn, session: SessionDep, services: ServicesDep) -> LabelSetOut:
     classnames, templates = check_label_set(body.classnames, body.templates,
                                             services.classifier.limits)
+    policy = (checked_policy(body.auto_update.model_dump())
+              if body.auto_update is not None else None)
     services.holder.warm_head(classnames, templates)  # fails before anything is stored
-    return _out(label_sets.put_label_set(session, name, classnames, templates, body.source))
+    return _out(label_sets.put_label_set(session, name, classnames, templates, body.source,
+                                         keep_images=body.keep_images, auto_update=policy))
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Depends(require_admin)],

@@ -63,6 +63,15 @@ export async function api(path, { method = "GET", body, headers = {}, admin = fa
   return response.status === 204 ? null : response.json();
 }
 
+/**
+ * An object URL of an image the API serves behind a key (an <img src> cannot send the
+ * X-API-Key header). The caller revokes it once the image has loaded.
+ */
+export async function imageURL(path, signal) {
+  const response = await api(path, { raw: true, signal });
+  return URL.createObjectURL(await response.blob());
+}
+
 /** The service's readiness (open, no key): {status, model_version, detail}. */
 export async function readiness() {
   const response = await fetch(new URL("../readyz", API));

@@ -1,17 +1,18 @@
-// The dashboard's shell: hash routes (#/jobs, #/jobs/<id>, #/models, #/datasets, #/try), the
-// keys, the served-version badge and the page-wide notice. Each page module exports
-// render(section, args, ctx) and resolves once its data is fetched and drawn; the body then
-// carries data-ready="<page>" ("job" for one job) and window.zsclReady the time since
-// navigation (the test and ui_bench wait for it).
+// The dashboard's shell: hash routes (#/jobs, #/jobs/<id>, #/models, #/datasets, #/try,
+// #/feedback, #/feedback/<label set>), the keys, the served-version badge and the page-wide
+// notice. Each page module exports render(section, args, ctx) and resolves once its data is
+// fetched and drawn; the body then carries data-ready="<page>" ("job" for one job) and
+// window.zsclReady the time since navigation (the test and ui_bench wait for it).
 
 import { ApiError, keys, readiness } from "./api.js";
 import { askKey, clearNotice, h, notify } from "./dom.js";
 import * as datasets from "./datasets.js";
+import * as feedback from "./feedback.js";
 import * as jobs from "./jobs.js";
 import * as models from "./models.js";
 import * as tryIt from "./try.js";
 
-const PAGES = { jobs, models, datasets, try: tryIt };
+const PAGES = { jobs, models, datasets, try: tryIt, feedback };
 const main = document.getElementById("main");
 let current = null;
 

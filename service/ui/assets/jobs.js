@@ -58,7 +58,7 @@ function jobRow(job, names) {
   const running = !TERMINAL.has(job.state);
   return h("tr", { dataset: { job: job.id, state: job.state } },
     h("td", {}, h("a", { href: `#/jobs/${job.id}` }, h("code", {}, shortId(job.id)))),
-    h("td", {}, names[job.dataset_id] || shortId(job.dataset_id)),
+    h("td", {}, names[job.dataset_id] || shortId(job.dataset_id), startedBy(job, "div", "muted small", "started by ")),
     h("td", {}, job.method),
     h("td", {}, stateBadge(job.state)),
     h("td", {}, progressBar(job.progress, `${job.step}/${job.total_steps}`),
@@ -66,6 +66,16 @@ function jobRow(job, names) {
     h("td", {}, running ? fmtDuration(job.eta_s) : "—"),
     h("td", {}, fmtTime(job.created_at)),
     h("td", {}, resultText(job)));
+}
+
+/** "started by label set X's feedback" for a job its label set's auto-update policy created. */
+function startedBy(job, tag, look = "", prefix = "") {
+  const trigger = job.trigger;
+  if (!trigger || trigger.kind !== "auto-update") return null;
+  const name = String(trigger.label_set);
+  return h(tag, { class: `started-by ${look}` }, `${prefix}label set `,
+    h("a", { href: `#/feedback/${encodeURIComponent(name)}` }, name), "'s feedback",
+    typeof trigger.items === "number" ? ` (${trigger.items} answers)` : "");
 }
 
 function resultText(job) {
@@ -126,13 +136,14 @@ async function renderJob(section, jobId, ctx) {
     summary.replaceChildren(...[
       ["dataset", dataset ? `${dataset.name} (${shortId(dataset.id)})` : job.dataset_id],
       ["method", job.method],
+      job.trigger ? ["started by", startedBy(job, "span") || h("code", {}, JSON.stringify(job.trigger))] : null,
       ["served when it started", job.base_version || "—"],
       ["candidate", job.candidate_version || "—"],
       ["created / started / finished",
         `${fmtTime(job.created_at)} / ${fmtTime(job.started_at)} / ${fmtTime(job.finished_at)}`],
       ["hyper-parameters", h("code", {}, JSON.stringify(job.hparams))],
       ["gate policy", h("code", {}, JSON.stringify(job.gate))],
-    ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    ].filter(Boolean).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
     progress.replaceChildren(progressBar(job.progress, `${job.step}/${job.total_steps}`),
       h("span", { class: "progress-text" },
         ` step ${job.step} of ${job.total_steps} (${(job.progress * 100).toFixed(0)}%)`,

@@ -178,7 +178,8 @@ def test_label_sets_are_capped_as_classify_is(data_dir):
 
 
 OPEN_ROUTES = {"/livez", "/readyz"}
-PATH_VALUES = {"job_id": "abcdef", "dataset_id": "abcdef", "version_id": "v-colour", "name": "x"}
+PATH_VALUES = {"job_id": "abcdef", "dataset_id": "abcdef", "version_id": "v-colour", "name": "x",
+               "prediction_id": "abcdef"}
 
 
 def test_inference_key_guards_every_read_route(data_dir):
