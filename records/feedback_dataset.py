@@ -116,8 +116,8 @@ def build_feedback_dataset(sessions: sessionmaker[Session], settings: Settings,
     if len(kept) < 2:
         raise InvalidRequest(
             f"label set '{label_set}' has {len(kept)} class(es) with at least {min_per_class} "
-            f"answered image(s) ({per_class or 'no feedback yet'}); a dataset needs two: send more "
-            f"feedback (POST /v1/feedback) or lower min_per_class")
+            f"answered image(s) ({per_class or 'no feedback yet'}); a dataset needs two: answer "
+            f"more of its predictions, or lower min_per_class")
     items = {sha: item for sha, item in items.items() if item[0] in kept}
     per_class = {label: n for label, n in sorted(per_class.items()) if label in kept}
     record = {"kind": "feedback", "label_set": label_set, "items": len(items),

@@ -56,7 +56,7 @@ class FeedbackService:
         self.celery = celery
         self.metrics = metrics
         self.store = ImageStore(settings.feedback_dir)
-        self._auto_lock = threading.Lock()  # one auto-update decision at a time in this process
+        self._auto_lock = threading.Lock()  # one auto-update build at a time in this process
 
     def keep(self, images: Sequence[KeptImage], *, version_id: str, label_set: str | None,
              labels: Sequence[str] | None) -> list[str | None]:
@@ -91,17 +91,22 @@ class FeedbackService:
         """Start the label set's auto-update if its policy calls for one and none is running;
         returns the job's summary, or None. A failure is logged, never raised: the answer that
         triggered it is recorded either way."""
-        with self._auto_lock:
+        # never wait: while one answer builds a dataset (seconds for thousands of images), the
+        # others are recorded and answered at once; the next answer after it checks again
+        if not self._auto_lock.acquire(blocking=False):
+            return None
+        try:
             with self.sessions() as session:
                 policy = feedback.auto_update_due(session, label_set)
                 if policy is None or self._running(session, label_set):
                     return None
                 counts = feedback.new_feedback_counts(session, label_set)
-            try:
-                return self._start(label_set, policy, counts)
-            except ZSCLError as exc:
-                logger.warning("auto-update of label set %s not started: %s", label_set, exc)
-                return None
+            return self._start(label_set, policy, counts)
+        except ZSCLError as exc:
+            logger.warning("auto-update of label set %s not started: %s", label_set, exc)
+            return None
+        finally:
+            self._auto_lock.release()
 
     def _start(self, label_set: str, policy: AutoUpdatePolicy, counts: dict[str, int]
                ) -> dict[str, Any]:

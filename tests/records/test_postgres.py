@@ -65,3 +65,31 @@ def test_jobs_are_idempotent_and_transitions_conditional_on_postgres(pg_sessions
         assert jobs.transition(session, job.id, "cancelled")
         states = [e.data["state"] for e in jobs.list_events(session, job.id) if e.kind == "state"]
         assert states == ["queued", "running", "cancelling", "cancelled"]
+
+
+def test_feedback_records_and_their_aggregates_on_postgres(pg_sessions, tmp_path):
+    """The feedback queries (SUM over CASE of a boolean, NOT IN a subquery, GROUP BY) as
+    PostgreSQL runs them: live accuracy, the summary and the purge give the hand-counted values."""
+    from datetime import timedelta
+
+    from records import feedback
+    from records.label_sets import put_label_set
+    from tests.helpers.colour import png_bytes
+
+    store = feedback.ImageStore(tmp_path / "feedback")
+    with pg_sessions() as session:
+        put_label_set(session, "colours", ["red", "green", "blue"], keep_images=True)
+        images = [feedback.KeptImage(f"{c}.png", png_bytes(c, size=8 + i), c, 0.9)
+                  for i, c in enumerate(["red", "green", "blue", "red"])]
+        ids = feedback.keep_predictions(session, store, images, version_id="v1",
+                                        label_set="colours", labels=None,
+                                        retention=timedelta(days=1), max_bytes=10**9)
+        for prediction_id, label in zip(ids[:3], ["red", "blue", "blue"]):  # 2 of 3 right
+            feedback.record_feedback(session, prediction_id, label)
+        summary = feedback.summarise(session, "colours")
+        assert summary["versions"] == {"v1": {"items": 3, "correct": 2, "accuracy": 2 / 3}}
+        assert summary["per_label"]["blue"] == {"confirmed": 1, "corrected": 1, "new": 2}
+        assert feedback.new_feedback_counts(session, "colours") == {"red": 1, "blue": 2}
+        later = feedback.utcnow() + timedelta(days=2)
+        assert feedback.purge_expired(session, store, now=later) == 1  # the unanswered one
+        assert len(feedback.list_feedback(session, label_set="colours")) == 3
