@@ -1,10 +1,11 @@
 # The two commands a newcomer runs: `make serve` and `make test`. Each sets itself up.
+# `make demo` writes the files the README's tour uses (cat.jpg, pets.zip, suite.zip) here.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench-step install clean
+.PHONY: serve test demo bench-step install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/zscl demo
 
 bench-step: $(STAMP)
 	$(BIN)/python -m benchmarks.step_cost

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from .ingest import delete_dataset, ingest_dataset
 from .settings import Settings
 from .tables import TERMINAL_STATES, Dataset, Job
 
-__all__ = ["add_dataset", "get_dataset", "list_datasets", "set_suite", "delete", "dataset_out"]
+__all__ = ["add_dataset", "get_dataset", "list_datasets", "set_suite", "delete", "dataset_out",
+           "DatasetInfo", "dataset_info", "list_suites", "learned_in"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,45 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset:
 
 def list_datasets(session: Session) -> list[Dataset]:
     return list(session.scalars(select(Dataset).order_by(Dataset.created_at)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset as an update job reads it: a plain value, usable once its session is closed."""
+
+    id: str
+    name: str
+    path: str
+    classnames: tuple[str, ...]
+    is_suite: bool
+    #: where it came from when not an upload, e.g. {"kind": "feedback", "label_set": ...}
+    origin: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: Dataset) -> DatasetInfo:
+        return cls(row.id, row.name, row.path, tuple(row.classnames), row.is_suite,
+                   dict(row.origin) if row.origin is not None else None)
+
+
+def dataset_info(session: Session, dataset_id: str) -> DatasetInfo:
+    """The dataset ``dataset_id``; NotFound if there is none."""
+    return DatasetInfo.of(get_dataset(session, dataset_id))
+
+
+def list_suites(session: Session) -> list[DatasetInfo]:
+    """Every zero-shot suite, oldest first."""
+    rows = session.scalars(select(Dataset).where(Dataset.is_suite.is_(True))
+                           .order_by(Dataset.created_at))
+    return [DatasetInfo.of(row) for row in rows]
+
+
+def learned_in(session: Session, version_ids: Sequence[str]) -> list[DatasetInfo]:
+    """The datasets that jobs trained the versions ``version_ids`` on (a job's candidate is one of
+    them), oldest job first, each once."""
+    ids = session.scalars(select(Job.dataset_id).where(Job.candidate_version.in_(list(version_ids)))
+                          .order_by(Job.created_at))
+    rows = (session.get(Dataset, i) for i in dict.fromkeys(ids))
+    return [DatasetInfo.of(row) for row in rows if row is not None]
 
 
 def set_suite(session: Session, dataset_id: str, suite: bool) -> Dataset:

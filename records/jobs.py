@@ -19,16 +19,19 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, NotFound
 from .tables import TERMINAL_STATES, Dataset, Job, JobEvent, utcnow
 
-__all__ = ["create_job", "get_job", "list_jobs", "add_event", "list_events", "transition",
-           "request_cancel", "record_progress", "heartbeat", "reap_stale", "Reaped",
-           "retries_of", "job_summary", "ALLOWED"]
+__all__ = ["SessionFactory", "create_job", "get_job", "list_jobs", "add_event", "list_events",
+           "transition", "stage_transition", "request_cancel", "record_progress", "heartbeat",
+           "reap_stale", "Reaped", "retries_of", "job_summary", "ALLOWED"]
 
 logger = logging.getLogger(__name__)
+
+SessionFactory = sessionmaker[Session]
+"""What opens the sessions of a process that follows jobs (the worker's runner, its heartbeat)."""
 
 ALLOWED: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "evaluating"}),  # requeued after its worker was lost
@@ -122,7 +125,14 @@ def list_events(session: Session, job_id: str, *, after: int = 0, limit: int = 1
 
 def transition(session: Session, job_id: str, state: str, **fields: Any) -> bool:
     """Move a job to ``state`` if its current state allows it; returns whether it moved."""
-    allowed = ALLOWED[state]
+    with _transaction(session):
+        return stage_transition(session, job_id, state, **fields)
+
+
+def stage_transition(session: Session, job_id: str, state: str, **fields: Any) -> bool:
+    """:func:`transition`'s writes (the conditional UPDATE and its event), left uncommitted: for
+    a caller that commits them with other writes in one transaction
+    (``records.registry.promote``). Returns whether the job moved."""
     values: dict[str, Any] = {"state": state, **fields}
     now = utcnow()
     if state == "running":
@@ -130,13 +140,12 @@ def transition(session: Session, job_id: str, state: str, **fields: Any) -> bool
         values.setdefault("heartbeat_at", now)
     if state in TERMINAL_STATES:
         values.setdefault("finished_at", now)
-    with _transaction(session):
-        moved = _move(session, job_id, allowed, values)
-        if moved:
-            data = {"state": state}
-            if fields.get("error"):
-                data["error"] = fields["error"]
-            session.add(JobEvent(job_id=job_id, kind="state", data=data))
+    moved = _move(session, job_id, ALLOWED[state], values)
+    if moved:
+        data = {"state": state}
+        if fields.get("error"):
+            data["error"] = fields["error"]
+        session.add(JobEvent(job_id=job_id, kind="state", data=data))
     return moved
 
 

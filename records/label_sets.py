@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -11,7 +12,8 @@ from sqlalchemy.orm import Session
 from .errors import NotFound
 from .tables import LabelSet
 
-__all__ = ["UNSET", "put_label_set", "get_label_set", "delete_label_set", "list_label_sets"]
+__all__ = ["UNSET", "LabelSetUpdate", "put_label_set", "stage_label_set", "get_label_set",
+           "delete_label_set", "list_label_sets"]
 
 
 class Unset:
@@ -31,16 +33,36 @@ def put_label_set(session: Session, name: str, classnames: Sequence[str],
     ``auto_update`` (the feedback policy, ``records.feedback.AutoUpdatePolicy`` as a dict, or
     None for none) are left as stored when not given.
     """
-    row = session.get(LabelSet, name)
-    if row is None:
-        row = LabelSet(name=name, keep_images=False, auto_update=None)
-        session.add(row)
-    row.classnames, row.templates, row.source = list(classnames), (list(templates) if templates else None), source
+    row = stage_label_set(session, LabelSetUpdate(name, list(classnames), templates, source))
     if keep_images is not None:
         row.keep_images = keep_images
     if not isinstance(auto_update, Unset):
         row.auto_update = auto_update
     session.commit()
+    return row
+
+
+@dataclass(frozen=True)
+class LabelSetUpdate:
+    """The class names, templates and source to write under a label set's name (what a promoted
+    job registers for its task, ``records.registry.promote``)."""
+
+    name: str
+    classnames: Sequence[str]
+    templates: Sequence[str] | None = None
+    source: str | None = None
+
+
+def stage_label_set(session: Session, update: LabelSetUpdate) -> LabelSet:
+    """Create or replace the label set ``update.name``, uncommitted (its feedback settings are
+    kept): for a caller that commits it with other writes in one transaction."""
+    row = session.get(LabelSet, update.name)
+    if row is None:
+        row = LabelSet(name=update.name, keep_images=False, auto_update=None)
+        session.add(row)
+    row.classnames = list(update.classnames)
+    row.templates = list(update.templates) if update.templates else None
+    row.source = update.source
     return row
 
 

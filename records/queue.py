@@ -6,13 +6,15 @@ after the task returns), prefetch 1 (an idle worker never hoards queued jobs), a
 visibility timeout longer than the hard time limit (Redis does not redeliver a job that is still
 running), and a soft time limit that ends the job cleanly before the hard kill.
 
-This module imports no torch and builds no app at import: the API imports it to enqueue jobs;
-the worker entry point is ``worker.app``.
+This module imports no torch and builds no app at import, and names no task module: the API
+builds its app here to send jobs by task name (:data:`TASK_RUN_JOB`); the worker entry point,
+``worker.app``, builds its app here with the modules that define the tasks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from celery import Celery
 from sqlalchemy import select
@@ -39,9 +41,16 @@ def _transport_options(settings: Settings) -> dict:
     return {}
 
 
-def create_celery(settings: Settings) -> Celery:
-    """A Celery app configured for update jobs on ``settings.broker_url``."""
-    app = Celery("zscl", broker=settings.broker_url, include=["worker.tasks"])
+def create_celery(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
+    """A Celery app configured for update jobs on ``settings.broker_url``.
+
+    Args:
+        settings: the broker, the time limits; kept as ``app.conf.zscl_settings`` for the tasks.
+        include: the modules that define the tasks, which a worker imports when it starts (the
+            worker's entry point passes its own). A process that only sends jobs passes none:
+            :func:`send_job` sends by task name.
+    """
+    app = Celery("zscl", broker=settings.broker_url, include=list(include))
     app.conf.update(
         task_acks_late=True,
         worker_prefetch_multiplier=1,
@@ -58,7 +67,6 @@ def create_celery(settings: Settings) -> Celery:
     )
     app.conf.zscl_settings = settings
     return app
-
 
 
 def send_job(celery: Celery, job_id: str) -> None:

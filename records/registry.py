@@ -1,17 +1,19 @@
 """The version registry and the durable serving pointer.
 
-Used by the API and by the worker (no web imports). Promotion is a compare-and-swap on the
-pointer row: the worker calls ``activate(session, candidate, expected_current=parent)`` so that a
-candidate trained from an old version never overwrites a newer promotion or a manual rollback.
-After a successful activation, :func:`notify` tells the other API processes (Redis pub/sub in
-distributed mode); each process also re-reads the pointer periodically, so a lost message only
-delays convergence.
+Used by the API and by the worker (no web imports). The pointer is one database row
+(``ServingPointer``); moving it is a compare-and-swap, so that a candidate trained from an old
+version never overwrites a newer promotion or a manual rollback. A job's candidate is promoted by
+:func:`promote`: the version row, the pointer, the task's label set and the job's final state
+commit in one transaction. After a pointer change the caller calls :func:`notify`, which tells
+the other API processes (Redis pub/sub in distributed mode); each process also re-reads the
+pointer periodically, so a lost message only delays convergence.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,14 @@ from sqlalchemy.orm import Session
 
 from zscl_core import list_versions as list_saved_versions
 
+from . import jobs
 from .errors import UnknownVersion
+from .label_sets import LabelSetUpdate, stage_label_set
 from .tables import ModelVersion, ServingPointer, utcnow
 
-__all__ = ["CHANNEL", "UNCONDITIONAL", "register_version", "get_version", "list_registered",
-           "get_serving", "activate", "notify", "register_saved_versions"]
+__all__ = ["CHANNEL", "UNCONDITIONAL", "register_version", "get_version", "lineage",
+           "list_registered", "get_serving", "activate", "promote", "Promotion", "notify",
+           "register_saved_versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,19 @@ def register_version(session: Session, version_id: str, path: str | Path, parent
     existing = session.get(ModelVersion, version_id)
     if existing is not None:
         return existing
+    row = _version_row(version_id, path, parent, metadata)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:  # another process registered it first
+        session.rollback()
+        return session.get(ModelVersion, version_id)
+    logger.info("registered version %s (parent %s)", version_id, parent)
+    return row
+
+
+def _version_row(version_id: str, path: str | Path, parent: str | None,
+                 metadata: dict[str, Any] | None) -> ModelVersion:
     meta = dict(metadata or {})
     created = meta.pop("created_at", None)
     row = ModelVersion(id=version_id, parent=parent, path=str(path),
@@ -61,13 +79,6 @@ def register_version(session: Session, version_id: str, path: str | Path, parent
                        report={**(meta.pop("report", None) or {}), **meta})
     if isinstance(created, (int, float)):
         row.created_at = datetime.fromtimestamp(created, timezone.utc)
-    session.add(row)
-    try:
-        session.commit()
-    except IntegrityError:  # another process registered it first
-        session.rollback()
-        return session.get(ModelVersion, version_id)
-    logger.info("registered version %s (parent %s)", version_id, parent)
     return row
 
 
@@ -92,15 +103,39 @@ def get_version(session: Session, version_id: str) -> ModelVersion:
     return row
 
 
+def lineage(session: Session, version_id: str) -> list[ModelVersion]:
+    """The version and its ancestors, newest first; the last is the original model (the root of
+    every update, ZSCL's teacher).
+
+    Raises:
+        UnknownVersion: ``version_id`` is not registered.
+    """
+    row = get_version(session, version_id)
+    chain, seen = [row], {row.id}
+    while row.parent:
+        parent = session.get(ModelVersion, row.parent)
+        if parent is None or parent.id in seen:
+            break
+        seen.add(parent.id)
+        chain.append(parent)
+        row = parent
+    return chain
+
+
 def list_registered(session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at)))
 
 
 def get_serving(session: Session) -> tuple[str | None, int]:
     """(served version id, generation); (None, 0) before the first activation."""
+    served = _pointer(session)
+    session.rollback()  # end the read transaction: the next call must see new commits
+    return served
+
+
+def _pointer(session: Session) -> tuple[str | None, int]:
     row = session.execute(select(ServingPointer.version_id, ServingPointer.generation)
                           .where(ServingPointer.id == POINTER_ID)).first()
-    session.rollback()  # end the read transaction: the next call must see new commits
     return (row[0], row[1]) if row else (None, 0)
 
 
@@ -123,12 +158,7 @@ def activate(session: Session, version_id: str, expected_current: str | None = U
     """
     get_version(session, version_id)
     conditional = expected_current is not UNCONDITIONAL
-    stmt = (update(ServingPointer).where(ServingPointer.id == POINTER_ID)
-            .values(version_id=version_id, generation=ServingPointer.generation + 1,
-                    updated_at=utcnow()))
-    if conditional:
-        stmt = stmt.where(ServingPointer.version_id == expected_current)
-    swapped = session.execute(stmt).rowcount == 1
+    swapped = _swap(session, version_id, expected_current)
     if not swapped and (not conditional or expected_current is None):
         try:  # no pointer row yet: the first activation creates it
             session.execute(insert(ServingPointer).values(id=POINTER_ID, version_id=version_id,
@@ -143,6 +173,105 @@ def activate(session: Session, version_id: str, expected_current: str | None = U
     if swapped:
         logger.info("serving pointer -> %s", version_id)
     return swapped
+
+
+def _swap(session: Session, version_id: str, expected_current: str | None) -> bool:
+    """The pointer row's UPDATE to ``version_id`` (if it still names ``expected_current``, unless
+    that is UNCONDITIONAL), uncommitted; whether it matched. Creates no row."""
+    stmt = (update(ServingPointer).where(ServingPointer.id == POINTER_ID)
+            .values(version_id=version_id, generation=ServingPointer.generation + 1,
+                    updated_at=utcnow()))
+    if expected_current is not UNCONDITIONAL:
+        stmt = stmt.where(ServingPointer.version_id == expected_current)
+    return session.execute(stmt).rowcount == 1
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What :func:`promote` did."""
+
+    promoted: bool  #: the pointer moved to the candidate, and the job succeeded
+    job_state: str  #: the job's state after the call
+    served: str | None  #: the version the pointer names after the call
+    generation: int  #: the pointer's generation after the call
+
+
+def promote(session: Session, job_id: str, version_id: str, path: str | Path, *, parent: str,
+            metrics: dict[str, Any], report: dict[str, Any],
+            label_set: LabelSetUpdate | None = None) -> Promotion:
+    """Register a job's candidate and serve it if ``parent`` still is: one transaction.
+
+    The writes, committed together or not at all: the version row; the pointer, moved from
+    ``parent`` to the candidate (compare-and-swap); ``label_set``; the job's state with its
+    event, "succeeded". If the pointer no longer names ``parent`` (an operator activated another
+    version, or another job was promoted, meanwhile), the version row is written and the job is
+    "rejected" as superseded instead, the pointer and the label set untouched. So no crash or
+    failed write leaves the pointer on the candidate with the job unfinished: a job that is not
+    finished is retried after a crash, and would train again on its own result.
+
+    A job that is no longer evaluating (its worker was taken for lost and the job requeued or
+    failed meanwhile) is left as it is, and nothing is served: the candidate is only registered.
+
+    Args:
+        session: a database session (committed here; rolled back if a write fails).
+        job_id: an evaluating (or cancelling) job.
+        version_id: the candidate, saved in the version store under ``path`` before this call.
+        path: its version directory.
+        parent: the version the job trained from.
+        metrics: the job's metrics, kept on the job and on the version.
+        report: the gate's report, likewise.
+        label_set: written only if the candidate is served (a new task registers its classes).
+
+    Returns:
+        What happened (:class:`Promotion`); the caller notifies the API processes
+        (:func:`notify`) when ``promoted``.
+    """
+    job = jobs.get_job(session, job_id)
+    meta = {"source": f"job:{job_id}", "method": job.method, "metrics": metrics, "report": report}
+    try:
+        outcome = _stage_promotion(session, job_id, _version_row(version_id, path, parent, meta),
+                                   {"candidate_version": version_id, "metrics": metrics,
+                                    "report": report}, label_set)
+        if outcome is not None:
+            session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    if outcome is None:
+        session.rollback()
+        register_version(session, version_id, path, parent, meta)
+        state = jobs.get_job(session, job_id).state
+        logger.warning("job %s is %s, no longer evaluating: its candidate %s is registered, not "
+                       "served", job_id, state, version_id)
+        return Promotion(False, state, *get_serving(session))
+    if outcome.promoted:
+        logger.info("job %s succeeded: serving pointer -> %s (generation %d)", job_id,
+                    version_id, outcome.generation)
+    return outcome
+
+
+def _stage_promotion(session: Session, job_id: str, row: ModelVersion, fields: dict[str, Any],
+                     label_set: LabelSetUpdate | None) -> Promotion | None:
+    """:func:`promote`'s writes, uncommitted; None if the job was no longer evaluating.
+    ``fields``: what the job row records of its candidate."""
+    if session.get(ModelVersion, row.id) is None:
+        session.add(row)
+        session.flush()  # the pointer row refers to it
+    swapped = _swap(session, row.id, row.parent)
+    served, generation = _pointer(session)
+    if swapped:
+        if label_set is not None:
+            stage_label_set(session, label_set)
+        state = "succeeded"
+    else:
+        state = "rejected"
+        fields = {**fields, "report": {**fields["report"], "superseded": (
+            f"the served version changed from {row.parent} to {served} while this job ran; "
+            f"candidate {row.id} was saved but not promoted over it (POST "
+            f"/v1/models/{row.id}/activate to serve it anyway, or rerun)")}}
+    if not jobs.stage_transition(session, job_id, state, **fields):
+        return None
+    return Promotion(swapped, state, served, generation)
 
 
 def notify(redis_url: str | None, version_id: str, generation: int, *,

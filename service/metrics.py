@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,6 +113,7 @@ class Metrics:
         self._heads: HeadCache | None = None
         self._queue_depth: Callable[[], int] = lambda: 0
         self._synced_hits = self._synced_misses = 0
+        self._sync_lock = threading.Lock()  # the event loop syncs while a scrape renders
 
     @property
     def shared(self) -> bool:
@@ -125,17 +127,19 @@ class Metrics:
 
     def sync(self) -> None:
         """Copy the head cache's hit and miss counts (as increments) and the queue depth into
-        the metrics. Call it from one thread only (the event loop)."""
-        if self._heads is not None:
-            hits, misses = self._heads.hits, self._heads.misses
-            self.head_hits.inc(max(0, hits - self._synced_hits))
-            self.head_misses.inc(max(0, misses - self._synced_misses))
-            self._synced_hits, self._synced_misses = hits, misses
-        self.queue_images.set(self._queue_depth())
+        the metrics. Safe from any thread."""
+        with self._sync_lock:  # two syncs at once would both add the same increments
+            if self._heads is not None:
+                hits, misses = self._heads.hits, self._heads.misses
+                self.head_hits.inc(max(0, hits - self._synced_hits))
+                self.head_misses.inc(max(0, misses - self._synced_misses))
+                self._synced_hits, self._synced_misses = hits, misses
+            self.queue_images.set(self._queue_depth())
 
     def render(self) -> bytes:
         """The Prometheus text exposition: this process's registry, or with several API
-        processes every process's files, summed."""
+        processes every process's files, summed. Blocking (it reads those files): call it on a
+        worker thread, not on the event loop."""
         self.sync()
         if not self.shared:
             return generate_latest(self.registry)

@@ -1,9 +1,13 @@
 """Worker entry point: ``celery -A worker.app worker`` (or ``zscl worker``).
 
-Settings are read from the environment here, once, as at every entry point.
+Settings are read from the environment here, once, as at every entry point. The app includes
+this package's task modules, so that the worker registers the tasks the API sends by name.
 """
 
 from records.queue import create_celery
 from records.settings import Settings
+from worker import tasks
 
-app = create_celery(Settings())
+TASK_MODULES = (tasks.__name__,)
+
+app = create_celery(Settings(), include=TASK_MODULES)

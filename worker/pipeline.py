@@ -1,9 +1,12 @@
 """One update job end to end, in four named steps: load, train, evaluate, decide.
 
 Called by the Celery task (``worker.tasks``), by the product-path benchmark
-(``zscl_bench.updates``) and by tests directly; it imports no queue code. Every state change goes
-through ``records.jobs`` so the API sees it at once; nothing reaches the version store or the
-serving pointer unless the gate passes.
+(``zscl_bench.updates``) and by tests directly; it imports no queue code and no database code:
+it reads and writes through ``records`` only, and keeps the order of the work. Every state
+change goes through ``records.jobs`` so the API sees it at once; nothing reaches the version
+store or the serving pointer unless the gate passes, and a passed candidate is promoted by one
+call, ``records.registry.promote``, whose writes (version, pointer, label set, the job's final
+state) commit in one transaction.
 
 What the gate compares, for the model being served (before) and the candidate (after), on the
 same images: the new dataset's test split; the test split of every task LEARNED in the served
@@ -24,14 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
-from records import jobs, registry
+from records import datasets, jobs, registry
+from records.datasets import DatasetInfo
 from records.ingest import evaluation_images, load_dataset_dir
-from records.label_sets import put_label_set
+from records.jobs import SessionFactory
+from records.label_sets import LabelSetUpdate
 from records.settings import Settings
-from records.tables import Dataset, Job, ModelVersion
 from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, GateReport, LoadedModel, PairedScore,
                        ReferenceSet, StepInfo, UnlabelledImages, UpdateCancelled, UpdateConfig,
                        UpdateResult, build_head, correct, default_reference_texts, drift,
@@ -53,7 +55,7 @@ REPORT_EVERY_GPU = 10  # steps between progress reports on a GPU (each one syncs
 class _Heartbeat:
     """Keeps the job's heartbeat fresh while a long step runs (the reaper's evidence of life)."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str):
+    def __init__(self, sessions: SessionFactory, job_id: str):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(sessions, job_id), daemon=True)
 
@@ -71,19 +73,13 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _lineage(session: Session, version_id: str) -> list[ModelVersion]:
-    """The version and its ancestors, newest first; the last is the original model (ZSCL's
-    teacher)."""
-    row = registry.get_version(session, version_id)
-    chain, seen = [row], {row.id}
-    while row.parent:
-        parent = session.get(ModelVersion, row.parent)
-        if parent is None or parent.id in seen:
-            break
-        seen.add(parent.id)
-        chain.append(parent)
-        row = parent
-    return chain
+def _label_set_of(dataset: DatasetInfo) -> LabelSetUpdate | None:
+    """The label set a promoted job registers for its task: the dataset's classes under its name.
+    None for a dataset built from feedback: it was built for a label set, which exists."""
+    if (dataset.origin or {}).get("label_set"):
+        return None
+    return LabelSetUpdate(dataset.name, list(dataset.classnames), list(DEFAULT_TEMPLATES),
+                          source=f"dataset:{dataset.id}")
 
 
 @dataclass
@@ -103,9 +99,9 @@ class JobPlan:
     base_version: str
     config: UpdateConfig
     policy: GatePolicy
-    dataset: Dataset
-    learned: list[Dataset]
-    suites: list[Dataset]
+    dataset: DatasetInfo
+    learned: list[DatasetInfo]
+    suites: list[DatasetInfo]
     teacher_version: str
     base: LoadedModel
     initial: torch.nn.Module
@@ -115,7 +111,7 @@ class JobPlan:
 class JobRunner:
     """Runs one job with the objects of one worker process."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], device: str = "cpu",
+    def __init__(self, settings: Settings, sessions: SessionFactory, device: str = "cpu",
                  on_step: Callable[[str, StepInfo], None] | None = None):
         self.settings = settings
         self.sessions = sessions
@@ -188,11 +184,12 @@ class JobRunner:
         load the served model and the original model (ZSCL's teacher)."""
         with self.sessions() as session:
             job = jobs.get_job(session, job_id)
-            dataset = session.get(Dataset, job.dataset_id)
-            lineage = _lineage(session, base_version)
-            learned = self._learned_datasets(session, [v.id for v in lineage], exclude=dataset.id)
+            dataset = datasets.dataset_info(session, job.dataset_id)
+            lineage = registry.lineage(session, base_version)
+            learned = [d for d in datasets.learned_in(session, [v.id for v in lineage])
+                       if d.id != dataset.id]
             learned_ids = {d.id for d in learned}
-            suites = [d for d in session.scalars(select(Dataset).where(Dataset.is_suite.is_(True)))
+            suites = [d for d in datasets.list_suites(session)
                       if d.id != dataset.id and d.id not in learned_ids]
             config = UpdateConfig.from_dict({**job.hparams, "method": job.method})
             policy = GatePolicy(**job.gate)
@@ -289,8 +286,10 @@ class JobRunner:
 
     def decide(self, plan: JobPlan, candidate, report: GateReport, metrics: dict
                ) -> tuple[str, str | None]:
-        """Promote or reject the candidate; returns the job's state and the saved version."""
-        job_id, base, base_version, dataset = plan.job_id, plan.base, plan.base_version, plan.dataset
+        """Reject the candidate, or save it and promote it (``records.registry.promote``: one
+        transaction), then tell the API processes; returns the job's state and the saved
+        version."""
+        job_id = plan.job_id
         with self.sessions() as session:
             if jobs.get_job(session, job_id).cancel_requested:
                 jobs.transition(session, job_id, "cancelled", metrics=metrics,
@@ -300,43 +299,24 @@ class JobRunner:
                 jobs.transition(session, job_id, "rejected", metrics=metrics,
                                 report=report.to_dict())
                 return "rejected", None
-            job = jobs.get_job(session, job_id)
-            version_id = save_version(self.settings.versions_dir, candidate, base.spec,
-                                      parent=base_version,
-                                      metadata={"method": job.method, "job_id": job_id,
-                                                "dataset": dataset.name, "metrics": metrics})
-            registry.register_version(session, version_id, self.settings.versions_dir / version_id,
-                                      parent=base_version,
-                                      metadata={"source": f"job:{job_id}", "method": job.method,
-                                                "metrics": metrics, "report": report.to_dict()})
-            if not registry.activate(session, version_id, expected_current=base_version):
-                served, _ = registry.get_serving(session)
-                reason = (f"the served version changed from {base_version} to {served} while this "
-                          f"job ran; candidate {version_id} was saved but not promoted over it "
-                          f"(POST /v1/models/{version_id}/activate to serve it anyway, or rerun)")
-                jobs.transition(session, job_id, "rejected", candidate_version=version_id,
-                                metrics=metrics, report={**report.to_dict(), "superseded": reason})
-                return "rejected", version_id
-            _, generation = registry.get_serving(session)
-            registry.notify(self.settings.redis_url, version_id, generation)
-            if not (dataset.origin or {}).get("label_set"):  # feedback has its label set
-                put_label_set(session, dataset.name, list(dataset.classnames),
-                              list(DEFAULT_TEMPLATES), source=f"dataset:{dataset.id}")
-            jobs.transition(session, job_id, "succeeded", candidate_version=version_id,
-                            metrics=metrics, report=report.to_dict())
-            return "succeeded", version_id
+        # the files first, published by one rename: a crash before the promotion commits leaves
+        # a version that no row names, registered (not served) when the API next starts
+        version_id = save_version(self.settings.versions_dir, candidate, plan.base.spec,
+                                  parent=plan.base_version,
+                                  metadata={"method": plan.config.method, "job_id": job_id,
+                                            "dataset": plan.dataset.name, "metrics": metrics})
+        with self.sessions() as session:
+            promotion = registry.promote(session, job_id, version_id,
+                                         self.settings.versions_dir / version_id,
+                                         parent=plan.base_version, metrics=metrics,
+                                         report=report.to_dict(),
+                                         label_set=_label_set_of(plan.dataset))
+        if promotion.promoted:  # after the commit: a receiver reads the pointer it is told of
+            registry.notify(self.settings.redis_url, version_id, promotion.generation)
+        return promotion.job_state, version_id
 
     @staticmethod
-    def _learned_datasets(session: Session, lineage: list[str], exclude: str) -> list[Dataset]:
-        """Datasets of the jobs whose version is in the served lineage, oldest first."""
-        rows = session.scalars(select(Job).where(Job.candidate_version.in_(lineage))
-                               .order_by(Job.created_at))
-        ids = list(dict.fromkeys(job.dataset_id for job in rows))
-        return [d for d in (session.get(Dataset, i) for i in ids)
-                if d is not None and d.id != exclude]
-
-    @staticmethod
-    def _evaluation(dataset: Dataset, kind: str, base: LoadedModel) -> _Evaluation:
+    def _evaluation(dataset: DatasetInfo, kind: str, base: LoadedModel) -> _Evaluation:
         images = evaluation_images(Path(dataset.path), suite=kind == "suite",
                                    transform=base.preprocess_val)
         return _Evaluation(dataset.id, dataset.name, kind, list(images.classnames), images)
@@ -368,7 +348,7 @@ class Progress:
     """run_update's on_step: throttled progress rows and events, ETA, and the cancel flag;
     then the runner's own ``on_step`` hook, if any."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, total: int,
+    def __init__(self, sessions: SessionFactory, job_id: str, total: int,
                  min_interval_s: float = 0.5,
                  on_step: Callable[[str, StepInfo], None] | None = None):
         self.sessions, self.job_id, self.total = sessions, job_id, total
@@ -405,7 +385,7 @@ class Progress:
         return self.cancelled
 
 
-def run_job(job_id: str, settings: Settings, sessions: sessionmaker[Session],
+def run_job(job_id: str, settings: Settings, sessions: SessionFactory,
             device: str | None = None) -> str:
     """Run one job (convenience for tests and the task)."""
     return JobRunner(settings, sessions, device or settings.torch_device).run(job_id)

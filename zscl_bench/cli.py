@@ -1,7 +1,8 @@
-"""``zscl bench mtil``: the mini-MTIL benchmark from the command line.
+"""``zscl bench mtil`` and ``zscl bench updates``: the benchmarks from the command line.
 
-This is the edge: it parses arguments, loads the model, the tasks and the reference set, runs
-:func:`zscl_bench.runner.run_mtil` under a progress bar, and writes the table, JSON and plots.
+This is the edge: it parses arguments; for mtil it loads the model, the tasks and the reference
+set, runs :func:`zscl_bench.runner.run_mtil` under a progress bar, and writes the table, JSON and
+plots; for updates it runs :func:`zscl_bench.updates.run_updates` and writes its report.
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ from .updates import (TOUR_HPARAMS, UpdatesBenchConfig, run_updates, summary_tab
 
 __all__ = ["main", "build_parser", "PRESETS"]
 
+# plain text, printed as it is written (RawDescriptionHelpFormatter): no reStructuredText
+DESCRIPTION = """\
+Benchmarks of continual learning without forgetting (ZSCL): each compares update
+methods on a sequence of image-classification tasks.
+
+  mtil     every method learns the tasks in order from the same model, in this
+           process; prints Transfer / Avg. / Last and the accuracy matrices,
+           writes results.json and plots
+  updates  the same kind of sequence as update jobs, through the service's
+           dataset upload and the worker's job runner with the default gate;
+           prints one row per job, writes updates.json, updates.md and a plot
+
+'zscl bench mtil --help' and 'zscl bench updates --help' list their options."""
+
 logger = logging.getLogger(__name__)
 
 # Sizes of a run. "default" fits 60 min on 2 CPU cores with the starter model; "quick" 5 min.
@@ -53,8 +68,10 @@ PRESETS: dict[str, dict] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zscl bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="zscl bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{mtil,updates}",
+                                help="the benchmark to run")
     p = sub.add_parser("mtil", help="run the multi-domain task-incremental benchmark",
                        description="Each method learns the tasks in order from the same initial "
                                    "model; prints Transfer / Avg. / Last and the accuracy "
@@ -67,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "NAME=PATH reads PATH/train/<class>/* and PATH/test/<class>/*. "
                         f"Default: {' '.join(DEFAULT_SEQUENCE)}")
     p.add_argument("--methods", default=",".join(ALL_METHODS),
-                   help="comma-separated, from: " + ", ".join(ALL_METHODS))
+                   help="comma-separated, from: " + ", ".join(ALL_METHODS) + " (all)")
     p.add_argument("--quick", action="store_true", help="the 5-minute preset")
     p.add_argument("--train-per-class", type=int, help="train images per class (before val split)")
     p.add_argument("--test-per-class", type=int, help="test images per class")
@@ -76,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-grid", help="comma-separated rates to choose from on validation")
     p.add_argument("--select-steps", type=int, help="steps of each fine-tune of the lr choice")
     p.add_argument("--val-fraction", type=float, default=0.2, help="train share held out (0.2)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--ref-batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="task images per optimizer step")
+    p.add_argument("--ref-batch-size", type=int,
+                   help="reference images per step for the methods that distil (default: "
+                        "--batch-size)")
     p.add_argument("--ensemble-every", type=int, help="ZSCL's weight-ensemble period k")
     p.add_argument("--train-blocks", type=int,
                    help="train only the image tower's last N blocks and cache the features of the "
@@ -92,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-text-count", type=int,
                    help="use a seeded sample of this many reference texts")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("bench-out/mtil"))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the image sampling, splits and training (0)")
+    p.add_argument("--out", type=Path, default=Path("bench-out/mtil"),
+                   help="folder for results.json and the plots (bench-out/mtil)")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zscl-bench",
                    help="where CIFAR-10 is extracted and the starter model is kept")
     p.add_argument("--shared-data", type=Path, help="folder holding cifar10-subset.tar")
@@ -111,18 +132,27 @@ def _add_updates_parser(sub) -> None:
                                    "row per job, writes updates.json, updates.md, updates.png.")
     p.add_argument("--task", action="append", dest="tasks", metavar="NAME[=PATH]",
                    help=f"a task, in order; repeat (default: {' '.join(defaults.tasks)})")
-    p.add_argument("--suite", default=defaults.suite, help="registered as a zero-shot suite")
-    p.add_argument("--methods", default=",".join(defaults.methods))
+    p.add_argument("--suite", default=defaults.suite,
+                   help=f"a task registered as the zero-shot suite every gate checks, never "
+                        f"trained on ({defaults.suite})")
+    p.add_argument("--methods", default=",".join(defaults.methods),
+                   help="comma-separated update methods, as 'zscl job create --method' takes "
+                        f"them (default: {','.join(defaults.methods)})")
     p.add_argument("--reference-images", default=",".join(defaults.reference_images),
                    help="comma-separated worker settings to compare: task, photos, both")
-    p.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
-    p.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
-    p.add_argument("--suite-per-class", type=int, default=defaults.suite_per_class)
+    p.add_argument("--train-per-class", type=int, default=defaults.train_per_class,
+                   help=f"uploaded train images per class of each task ({defaults.train_per_class})")
+    p.add_argument("--test-per-class", type=int, default=defaults.test_per_class,
+                   help=f"uploaded test images per class of each task ({defaults.test_per_class})")
+    p.add_argument("--suite-per-class", type=int, default=defaults.suite_per_class,
+                   help=f"images per class of the zero-shot suite ({defaults.suite_per_class})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a job hyper-parameter, as `zscl job create --set` takes it (default: "
+                   help="a job hyper-parameter, as 'zscl job create --set' takes it (default: "
                         + " ".join(f"{k}={v}" for k, v in defaults.hparams.items()) + ")")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("bench-out/updates"))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the image sampling and each job's training (0)")
+    p.add_argument("--out", type=Path, default=Path("bench-out/updates"),
+                   help="folder for updates.json, updates.md and the plot (bench-out/updates)")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zscl-bench",
                    help="where CIFAR-10 is extracted and the starter model is kept")
     p.add_argument("--shared-data", type=Path, help="folder holding cifar10-subset.tar")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import http
+from .tables import print_table
 
 __all__ = ["add_dataset"]
 
@@ -32,8 +33,12 @@ def cmd_dataset_upload(args) -> int:
 
 
 def cmd_dataset_list(args) -> int:
-    for d in http.call(args, "GET", "/v1/datasets").json():
-        print(_line(d))
+    rows = [(d["id"], d["name"], len(d["classnames"]), d["n_train"], d["n_test"], d["n_eval"],
+             "yes" if d["is_suite"] else "no") for d in http.call(args, "GET", "/v1/datasets").json()]
+    print_table(("ID", "NAME", "CLASSES", "TRAIN", "TEST", "EVAL", "SUITE"), rows,
+                right={"CLASSES", "TRAIN", "TEST", "EVAL"},
+                empty="no datasets yet: add one with `zscl dataset upload <archive.zip> --name "
+                      "<name>` (a zip or tar of <class>/<image> folders)")
     return 0
 
 
@@ -55,11 +60,15 @@ def add_dataset(subparsers) -> None:
     p = subparsers.add_parser("dataset", help="upload, list, show or delete labelled datasets")
     sub = p.add_subparsers(dest="dataset_command", required=True)
     up = sub.add_parser("upload", help="upload a zip/tar of <class>/<image> (admin key)")
-    up.add_argument("archive")
+    up.add_argument("archive", help="a .zip, .tar or .tar.gz of <class>/<image> folders (or "
+                                    "train/<class>/ and test/<class>/, or a manifest)")
     up.add_argument("--name", help="default: the file name")
     up.add_argument("--suite", action="store_true", help="register as a zero-shot evaluation suite")
-    up.add_argument("--test-fraction", type=float, default=0.2)
-    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--test-fraction", type=float, default=0.2,
+                    help="of each class, held out as the test split the gate scores, when the "
+                         "archive has no train/ and test/ folders (0.2)")
+    up.add_argument("--seed", type=int, default=0,
+                    help="the seed of that split: the same seed and images, the same split (0)")
     up.set_defaults(func=cmd_dataset_upload)
     sub.add_parser("list", help="every dataset").set_defaults(func=cmd_dataset_list)
     show = sub.add_parser("show", help="one dataset, with its classes and their sizes")

@@ -28,8 +28,10 @@ def cmd_list(args) -> int:
     body = http.call(args, "GET", "/v1/feedback", params=params).json()
     summary = body["summary"]
     if not summary["items"]:
-        print("no feedback yet: classify with keep=true (or a label set with keep_images), then "
-              "`zscl feedback send <prediction id> <label>`")
+        scope = f" for label set {args.label_set}" if args.label_set else ""
+        print(f"no feedback yet{scope}: classify with `zscl classify --keep` (or a label set with "
+              f"keep_images) to get prediction ids, then answer them with "
+              f"`zscl feedback send <prediction id> <label>`")
         return 0
     print(f"{summary['items']} answers: {summary['confirmed']} confirmed, "
           f"{summary['corrected']} corrected, {summary['new']} not yet in a dataset")

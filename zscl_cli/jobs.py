@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 from . import http
+from .progress import ProgressLines
+from .tables import print_table
 
-__all__ = ["add_job", "parse_values", "print_job"]
+__all__ = ["METHOD_NAMES", "add_job", "parse_values", "print_job"]
 
 _TERMINAL = {"succeeded", "rejected", "failed", "cancelled"}
 
@@ -61,10 +65,14 @@ def cmd_job_create(args) -> int:
 
 
 def cmd_job_list(args) -> int:
-    for job in http.call(args, "GET", "/v1/jobs", params={"limit": args.limit}).json():
-        eta = f" eta {job['eta_s']:.0f}s" if job["eta_s"] and job["state"] not in _TERMINAL else ""
-        print(f"{job['id']}  {job['state']:<10} {job['progress']:>4.0%}{eta:<10} "
-              f"{job['method']:<13} dataset={job['dataset_id']} created={job['created_at']}")
+    jobs = http.call(args, "GET", "/v1/jobs", params={"limit": args.limit}).json()
+    rows = [(job["id"], job["state"], f"{job['progress']:.0%}",
+             f"{job['eta_s']:.0f}s" if job["eta_s"] and job["state"] not in _TERMINAL else None,
+             job["method"], job["dataset_id"], job["created_at"]) for job in jobs]
+    print_table(("ID", "STATE", "PROGRESS", "ETA", "METHOD", "DATASET", "CREATED"), rows,
+                right={"PROGRESS", "ETA"},
+                empty="no jobs yet: start one with `zscl job create <dataset id>` "
+                      "(`zscl dataset list` shows the ids)")
     return 0
 
 
@@ -77,22 +85,46 @@ def cmd_job_show(args) -> int:
     return 0
 
 
-def cmd_job_watch(args) -> int:
+def _snapshots(args) -> Iterator[dict]:
+    """The job, fetched every ``args.interval`` seconds, until it ends (its last state included)."""
+    while True:
+        job = http.call(args, "GET", f"/v1/jobs/{args.job}").json()
+        yield job
+        if job["state"] in _TERMINAL:
+            return
+        time.sleep(args.interval)
+
+
+def _watch_bar(snapshots: Iterator[dict]) -> dict:
+    """A live tqdm line, redrawn in place (a terminal)."""
     from tqdm import tqdm
 
-    job = http.call(args, "GET", f"/v1/jobs/{args.job}").json()
-    with tqdm(total=max(job["total_steps"], 1), unit="step", dynamic_ncols=True) as bar:
-        while True:
+    with tqdm(total=1, unit="step", dynamic_ncols=True, file=sys.stdout) as bar:
+        for job in snapshots:
             bar.total = max(job["total_steps"], 1)
             bar.n = job["step"]
             losses = " ".join(f"{k}={v:.3f}" for k, v in (job["losses"] or {}).items())
             bar.set_description(job["state"])
             bar.set_postfix_str(losses + (f" eta {job['eta_s']:.0f}s" if job["eta_s"] else ""))
             bar.refresh()
-            if job["state"] in _TERMINAL:
-                break
-            time.sleep(args.interval)
-            job = http.call(args, "GET", f"/v1/jobs/{args.job}").json()
+    return job
+
+
+def _watch_lines(snapshots: Iterator[dict], lines: ProgressLines) -> dict:
+    """Only the lines ``lines`` lets through (a file or a pipe: no redrawn line)."""
+    for job in snapshots:
+        line = lines.update(job)
+        if line is not None:
+            print(line, flush=True)
+    return job
+
+
+def cmd_job_watch(args) -> int:
+    snapshots = _snapshots(args)
+    if sys.stdout.isatty():
+        job = _watch_bar(snapshots)
+    else:
+        job = _watch_lines(snapshots, ProgressLines(args.every))
     print_job(job)
     return {"succeeded": 0, "rejected": 2}.get(job["state"], 1)
 
@@ -103,32 +135,58 @@ def cmd_job_cancel(args) -> int:
     return 0
 
 
+# the names of zscl_core.METHODS (not imported here: it imports torch); a test keeps them equal
+METHOD_NAMES = ("zscl", "zscl_no_avg", "zscl_no_distill", "continual_ft", "lwf", "wise_ft")
+
+
+def _percent(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a whole percent from 1 to 100, not {text}")
+    return value
+
+
+def _watch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="how often to ask the server for the job's progress (1.0)")
+    parser.add_argument("--every", type=_percent, default=10, metavar="PERCENT",
+                        help="when the output is not a terminal: print a line each PERCENT of "
+                             "progress and at each state change, instead of a live bar (10)")
+
+
 def add_job(subparsers) -> None:
     p = subparsers.add_parser("job", help="create, list, show, watch or cancel update jobs")
     sub = p.add_subparsers(dest="job_command", required=True)
     create = sub.add_parser("create", help="start an update on a dataset (admin key)")
-    create.add_argument("dataset", help="dataset id")
-    create.add_argument("--method", default="zscl")
+    create.add_argument("dataset", help="dataset id (`zscl dataset list` shows them)")
+    create.add_argument("--method", default="zscl",
+                        help="update method, one of " + ", ".join(METHOD_NAMES) + " (default "
+                             "zscl: learns the dataset and keeps its zero-shot skill; "
+                             "continual_ft: plain fine-tuning, for comparison)")
     create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="hyper-parameter, e.g. --set steps=200 --set lr=1e-5")
     create.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
                         help="gate policy, e.g. --gate max_mean_drop=1.0")
-    create.add_argument("--idempotency-key")
-    create.add_argument("--watch", action="store_true", help="then show a live progress bar")
-    create.add_argument("--interval", type=float, default=1.0)
+    create.add_argument("--idempotency-key", metavar="KEY",
+                        help="a retried create with the same key returns the first job instead "
+                             "of starting another")
+    create.add_argument("--watch", action="store_true",
+                        help="then follow its progress until it ends, as `zscl job watch` does")
+    _watch_args(create)
     create.set_defaults(func=cmd_job_create)
     ls = sub.add_parser("list", help="the newest jobs: state, progress, ETA")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=int, default=50, help="newest jobs to show (50)")
     ls.set_defaults(func=cmd_job_list)
     show = sub.add_parser("show", help="one job: state, progress and the gate table")
     show.add_argument("--json", action="store_true", help="the whole record as JSON")
     show.set_defaults(func=cmd_job_show)
-    watch = sub.add_parser("watch", help="live progress bar until the job ends")
-    watch.add_argument("--interval", type=float, default=1.0)
+    watch = sub.add_parser("watch", help="follow a job's progress until it ends, then show the "
+                                         "gate table (a live bar on a terminal)")
+    _watch_args(watch)
     watch.set_defaults(func=cmd_job_watch)
     cancel = sub.add_parser("cancel", help="stop a job (admin key)")
     cancel.set_defaults(func=cmd_job_cancel)
     for command in (show, watch, cancel):
-        command.add_argument("job", help="job id")
+        command.add_argument("job", help="job id (`zscl job list` shows them)")
     for command in sub.choices.values():
         http.client_args(command)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 
 from . import http
+from .tables import print_table
 
 __all__ = ["add_label_set"]
 
 
 def cmd_list(args) -> int:
-    for s in http.call(args, "GET", "/v1/label-sets").json():
-        print(f"{s['name']:<24} {len(s['classnames'])} labels  source={s.get('source') or '-'}")
+    rows = [(s["name"], len(s["classnames"]), "yes" if s.get("keep_images") else "no",
+             "on" if s.get("auto_update") else "off", s.get("source"))
+            for s in http.call(args, "GET", "/v1/label-sets").json()]
+    print_table(("NAME", "LABELS", "KEEPS IMAGES", "AUTO-UPDATE", "SOURCE"), rows, right={"LABELS"},
+                empty="no label sets yet: create one with `zscl label-set put <name> --labels "
+                      "cat,dog,car`, then classify with `zscl classify --label-set <name>`")
     return 0
 
 
@@ -53,6 +58,6 @@ def add_label_set(subparsers) -> None:
     delete = sub.add_parser("delete", help="delete a label set (admin key)")
     delete.set_defaults(func=cmd_delete)
     for command in (show, put, delete):
-        command.add_argument("name")
+        command.add_argument("name", help="the label set's name")
     for command in sub.choices.values():
         http.client_args(command)

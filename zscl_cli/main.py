@@ -23,10 +23,12 @@ from pathlib import Path
 from .datasets import add_dataset
 from .feedback import add_feedback
 from .db import add_db
+from .demo import add_demo
 from .embed import add_embed
 from .http import call, client_args, load_settings
 from .jobs import add_job
 from .label_sets import add_label_set
+from .tables import print_table
 from .worker import add_worker, embedded_worker
 
 __all__ = ["main", "COMMANDS"]
@@ -169,7 +171,8 @@ def _add_serve(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the HTTP API (embedded mode by default)")
     p.add_argument("--host", help="default $ZSCL_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, help="default $ZSCL_PORT or 8000")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level: debug, info (default), warning or error")
     p.set_defaults(func=cmd_serve)
 
 
@@ -214,10 +217,11 @@ def cmd_models_list(args) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    for v in body["versions"]:
-        mark = "*" if v["serving"] else " "
-        print(f"{mark} {v['id']}  parent={v['parent'] or '-'}  method={v['method'] or '-'}  "
-              f"created={v['created_at']}")
+    rows = [(f"{'*' if v['serving'] else ' '} {v['id']}", v["parent"], v["method"], v["created_at"])
+            for v in body["versions"]]
+    print_table(("  VERSION (* served)", "PARENT", "METHOD", "CREATED"), rows,
+                empty="no model versions yet: `zscl serve` registers ZSCL_MODEL (default: "
+                      "starter) when it starts, and each update job that passes its gate adds one")
     return 0
 
 
@@ -231,11 +235,11 @@ def _add_models(subparsers) -> None:
     p = subparsers.add_parser("models", help="list or activate model versions")
     sub = p.add_subparsers(dest="models_command", required=True)
     ls = sub.add_parser("list", help="every version; * marks the served one")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="the server's whole answer as JSON")
     client_args(ls)
     ls.set_defaults(func=cmd_models_list)
     act = sub.add_parser("activate", help="serve a version (promote or roll back; admin key)")
-    act.add_argument("version")
+    act.add_argument("version", help="version id (`zscl models list` shows them)")
     client_args(act)
     act.set_defaults(func=cmd_models_activate)
 
@@ -248,15 +252,16 @@ def cmd_bench(args) -> int:
 
 
 def _add_bench(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="ZSCL benchmarks (arguments go to zscl_bench)",
-                              add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p = subparsers.add_parser("bench", help="the benchmarks, mtil and updates (zscl bench --help "
+                              "describes them)", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="the benchmark and its options, e.g. mtil --quick (see zscl bench --help)")
     p.set_defaults(func=cmd_bench)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_serve, _add_classify, add_embed, _add_models, add_worker, add_dataset, add_job,
-    add_label_set, add_feedback, add_db, _add_bench,
+    add_label_set, add_feedback, add_db, add_demo, _add_bench,
 ]
 
 

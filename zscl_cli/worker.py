@@ -75,7 +75,8 @@ def add_worker(subparsers) -> None:
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo"],
                    help="prefork: the job runs in a child process (default)")
     p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO",
+                   help="Celery's log level: DEBUG, INFO (default), WARNING, ERROR or CRITICAL")
     # set by `zscl serve` for its embedded worker: stop once that process is gone
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)

@@ -23,7 +23,9 @@ def test_classify_and_models_against_a_live_server(live_url, tmp_path, capsys, m
     assert "serving v-swapped (was v-colour, generation 2)" in capsys.readouterr().out
     assert cli.main(["models", "list", "--url", live_url]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["VERSION", "(*", "served)", "PARENT", "METHOD", "CREATED"]
     assert any(line.startswith("* v-swapped") for line in lines)
+    assert any(line.startswith("  v-colour") for line in lines)
     with pytest.raises(SystemExit, match="HTTP 401"):
         cli.main(["models", "activate", "v-colour", "--url", live_url])
 
@@ -46,10 +48,17 @@ def test_monitoring_commands_match_the_api(live_url, tmp_path, capsys, monkeypat
     """dataset upload/list/show/delete, job create/list/show, label-set put/list/show/delete."""
     monkeypatch.setenv("ZSCL_ADMIN_KEY", ADMIN_KEY)
     server = ["--url", live_url]
+    for noun, hint in (("dataset", "zscl dataset upload"), ("job", "zscl job create"),
+                       ("label-set", "zscl label-set put")):  # a fresh server: say what to do
+        assert cli.main([noun, "list", *server]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("no ") and hint in out and out.count("\n") == 1, out
     assert cli.main(["label-set", "put", "warm", "--labels", "red,blue", *server]) == 0
     assert "label set warm: 2 labels" in capsys.readouterr().out
     assert cli.main(["label-set", "list", *server]) == 0
-    assert "warm" in capsys.readouterr().out
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["NAME", "LABELS", "KEEPS", "IMAGES", "AUTO-UPDATE", "SOURCE"]
+    assert row.split() == ["warm", "2", "no", "off", "-"]
     assert cli.main(["label-set", "show", "warm", *server]) == 0
     assert '"red"' in capsys.readouterr().out
     assert cli.main(["label-set", "delete", "warm", *server]) == 0
@@ -60,13 +69,18 @@ def test_monitoring_commands_match_the_api(live_url, tmp_path, capsys, monkeypat
     archive = _colour_zip(tmp_path / "colours.zip")
     assert cli.main(["dataset", "upload", str(archive), "--name", "colours", *server]) == 0
     dataset_id = capsys.readouterr().out.split()[1]
+    assert cli.main(["dataset", "list", *server]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == [dataset_id, "colours", "2", "6",
+                                                               "2", "2", "no"]
     assert cli.main(["dataset", "show", dataset_id, *server]) == 0
     shown = capsys.readouterr().out
     assert dataset_id in shown and "classes: blue, red" in shown
     assert cli.main(["job", "create", dataset_id, "--set", "steps=3", *server]) == 0
     job_id = capsys.readouterr().out.split()[1]
     assert cli.main(["job", "list", *server]) == 0
-    assert job_id in capsys.readouterr().out
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ID", "STATE", "PROGRESS", "ETA", "METHOD", "DATASET", "CREATED"]
+    assert row.split()[:6] == [job_id, "queued", "0%", "-", "zscl", dataset_id]
     assert cli.main(["job", "show", job_id, *server]) == 0
     assert f"job {job_id}: queued" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="HTTP 409"):  # a job uses it

@@ -54,7 +54,9 @@ import pytest
 from tests.helpers import ADMIN, ADMIN_KEY
 from tests.helpers.archives import colours_zip, stripes_zip, write_reference_dir
 from tests.helpers.colour import png_bytes
-from tests.helpers.processes import REQUEST_TIMEOUT_S, Stack, kill_session, session_processes, wait_until
+from tests.helpers.processes import (JOB_STALL_S, REQUEST_TIMEOUT_S, START_DEADLINE_S, STOP_DEADLINE_S,
+                                     Stack, kill_session, session_processes, wait_progressing,
+                                     wait_until)
 from tests.helpers.synthetic import FAST_HPARAMS
 from zscl_core import load_version
 from zscl_core.versions import WEIGHTS_NAME
@@ -68,7 +70,6 @@ TERMINAL = {"succeeded", "rejected", "failed", "cancelled"}
 HPARAMS = {**FAST_HPARAMS, "steps": 30}
 STRICT = {"min_new_task_gain": 100}  # never passed
 LENIENT = {"min_new_task_gain": -100, "max_mean_drop": 100, "max_dataset_drop": 100}
-SETTLE_S = 240  # a restart, a reap and a job's retry, on a loaded machine
 
 
 def test_sigkill_while_queued_training_evaluating_uploading_and_promoting_leaves_all_whole(
@@ -104,7 +105,7 @@ def test_sigkill_while_queued_training_evaluating_uploading_and_promoting_leaves
 def _crash_when_taken(stack: Stack, serve, j1: str):
     before = _records(stack)
     assert before["jobs"][j1]["state"] == "queued"
-    taken = wait_until(lambda: _taken_messages(stack.data_dir), SETTLE_S, 0.002, "J1 taken")
+    taken = wait_until(lambda: _taken_messages(stack.data_dir), START_DEADLINE_S, 0.002, "J1 taken")
     _power_loss(serve)  # still queued: J1's events, checked after the evaluation crash, say so
     assert taken == 1
     serve = stack.api()
@@ -118,7 +119,7 @@ def _crash_in_training(stack: Stack, serve, j1: str):
     _power_loss(serve)
     serve = stack.api()
     requeued = wait_until(lambda: [s for s in _state_events(stack, j1) if s.get("retry")],
-                          SETTLE_S, 0.2, "J1 requeued")
+                          START_DEADLINE_S, 0.2, "J1 requeued")
     assert {k: v for k, v in requeued[0].items() if k != "reason"} == \
         {"state": "queued", "retry": 1, "max_retries": 1}
     _check_whole(stack, before, interrupted={j1})
@@ -144,7 +145,7 @@ def _crash_in_uploads(stack: Stack, serve):
     before = _records(stack)
     with _upload_half(stack, stripes_zip(n=100, seed=21), "half"), \
             _upload_whole(stack, stripes_zip(n=1000, seed=22), "whole"):
-        wait_until(lambda: _entries(datasets, ".tmp-"), 120, 0.002, "the large upload ingesting")
+        wait_until(lambda: _entries(datasets, ".tmp-"), START_DEADLINE_S, 0.002, "the large upload ingesting")
         _power_loss(serve)
     assert len(_entries(datasets, ".upload-")) == 2 and len(_entries(datasets, ".tmp-")) == 1
     serve = stack.api()
@@ -160,7 +161,7 @@ def _crash_in_promotion(stack: Stack, serve, dataset_id: str):
     before = _records(stack)
     processes = session_processes(serve.pid)  # listed now: the save lasts some 50 ms
     saving = wait_until(lambda: [p for p in _entries(versions, ".tmp-") if (p / WEIGHTS_NAME).exists()],
-                        120, 0.001, "J2's candidate being saved")[0]
+                        START_DEADLINE_S, 0.001, "J2's candidate being saved")[0]
     for pid in processes:
         os.kill(pid, signal.SIGKILL)
     _power_loss(serve)
@@ -198,7 +199,7 @@ def _power_loss(serve: subprocess.Popen) -> None:
     loss stops them: none gets to clean up."""
     kill_session(serve.pid)
     serve.wait()
-    wait_until(lambda: not session_processes(serve.pid), 30, 0.05, "every killed process gone")
+    wait_until(lambda: not session_processes(serve.pid), STOP_DEADLINE_S, 0.05, "every killed process gone")
 
 
 def _admin(method: str, stack: Stack, path: str, **kwargs):
@@ -209,14 +210,13 @@ def _admin(method: str, stack: Stack, path: str, **kwargs):
 
 
 def _watch_job(stack: Stack, job_id: str, moment) -> dict:
-    return wait_until(lambda: moment(j := stack.get_job(job_id)) and j, SETTLE_S, 0.02,
-                      f"job {job_id} at the crash point")
+    return stack.wait_job(job_id, moment, step_s=0.02)
 
 
 def _taken_messages(data_dir: Path) -> int:
     """Messages the worker has taken from the embedded broker, which keeps them, invisible."""
     uri = f"file:{data_dir / 'broker.sqlite'}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as broker:
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=REQUEST_TIMEOUT_S)) as broker:
         return broker.execute("SELECT count(*) FROM kombu_message WHERE visible = 0").fetchone()[0]
 
 
@@ -242,12 +242,12 @@ class _upload_half:
 
     def __enter__(self):
         half = len(self.body) // 2
-        self.conn = socket.create_connection(("127.0.0.1", self.stack.port), timeout=30)
+        self.conn = socket.create_connection(("127.0.0.1", self.stack.port), timeout=REQUEST_TIMEOUT_S)
         self.conn.sendall(_upload_head(self.stack, self.name, len(self.body)) + self.body[:half])
         datasets = self.stack.data_dir / "datasets"
         # written through an 8 KiB buffer: the last bytes of the half may wait in it
         wait_until(lambda: any(p.stat().st_size >= half - 8192 for p in _entries(datasets, ".upload-")),
-                   60, 0.01, "the half body spooled")
+                   START_DEADLINE_S, 0.01, "the half body spooled")
         return self
 
     def __exit__(self, *exc):
@@ -258,7 +258,7 @@ class _upload_whole(_upload_half):
     """A whole archive sent, the answer never read."""
 
     def __enter__(self):
-        self.conn = socket.create_connection(("127.0.0.1", self.stack.port), timeout=30)
+        self.conn = socket.create_connection(("127.0.0.1", self.stack.port), timeout=REQUEST_TIMEOUT_S)
         self.conn.sendall(_upload_head(self.stack, self.name, len(self.body)) + self.body)
         return self
 
@@ -289,28 +289,28 @@ def _leftovers(data_dir: Path) -> list[str]:
             for p in _entries(data_dir / folder, prefix)]
 
 
-def _quiet(stack: Stack) -> dict | None:
+def _quiet(stack: Stack) -> tuple[dict | None, tuple]:
     """The records once nothing is left to happen: every job ended, the pointer's version
-    loaded, no temporary entry left to clean up; else None."""
-    records = _records(stack)
-    if any(j["state"] not in TERMINAL for j in records["jobs"].values()):
-        return None
-    if records["loaded"] != records["serving"] or _leftovers(stack.data_dir):
-        return None
-    return records
+    loaded, no temporary entry left to clean up; else None. Second, what was seen (the records
+    and the entries left), for :func:`wait_progressing` to tell a system still moving."""
+    records, left = _records(stack), _leftovers(stack.data_dir)
+    quiet = (all(j["state"] in TERMINAL for j in records["jobs"].values())
+             and records["loaded"] == records["serving"] and not left)
+    return (records if quiet else None), (records, left)
 
 
 def _settle(stack: Stack) -> dict:
     """The jobs by id, once the restarted system is quiescent (the reaper has found the dead
-    run's job, HEARTBEAT_TIMEOUT_S after its last heartbeat, and its retry has ended)."""
-    return wait_until(lambda: _quiet(stack), SETTLE_S, 0.25, "quiescence after the restart")["jobs"]
+    run's job, HEARTBEAT_TIMEOUT_S after its last heartbeat, and its retry has ended). Waited
+    for as long as the records change."""
+    return wait_progressing(lambda: _quiet(stack), JOB_STALL_S, 0.25, "quiescence after the restart")["jobs"]
 
 
 def _check_whole(stack: Stack, before: dict, interrupted: set[str]) -> dict:
     """The invariants of the module docstring; the records now."""
     data_dir = stack.data_dir
     try:  # start-up removes what the dead run left, just after it answers
-        wait_until(lambda: not _leftovers(data_dir), 60, 0.1, "the dead run's files removed")
+        wait_until(lambda: not _leftovers(data_dir), START_DEADLINE_S, 0.1, "the dead run's files removed")
     except AssertionError:
         raise AssertionError(f"files left by the killed run: {_leftovers(data_dir)}") from None
     now = _records(stack)
@@ -323,7 +323,7 @@ def _check_whole(stack: Stack, before: dict, interrupted: set[str]) -> dict:
     for version_id in now["versions"]:
         assert load_version(versions / version_id).version == version_id  # checksums verified
     assert now["serving"] in now["versions"]
-    wait_until(lambda: stack.served() == now["serving"], 60, 0.1, "the API serving the pointer")
+    wait_until(lambda: stack.served() == now["serving"], START_DEADLINE_S, 0.1, "the API serving the pointer")
 
     for kind in ("datasets", "versions", "label_sets", "jobs"):
         for key, row in before[kind].items():

@@ -11,7 +11,13 @@ and the job it starts, an answer deleted.
 The store holds two versions at start: the colour-pretrained tiny CLIP (served; jobs on it take
 seconds) and the offline starter (older; the one that knows a cat, built once per test session
 by the ``starter_dir`` fixture). Screenshots of each page go to ``$ZSCL_SCREENSHOTS`` when set,
-else to the test's tmp_path.
+else to the test's tmp_path, named as in docs/img: ``dashboard-<page>.png`` (the README shows
+dashboard-job, -models, -try and -feedback).
+
+Layout is checked where a user saw it break: no id wraps onto a second line, every axis label
+of a loss chart lies inside its chart (an l2 term of ~1e-5 once showed as "000070"), the
+settings are tables with the defaults marked, and an action the API would refuse (a dataset a
+job trained on marked as a suite) is disabled with the reason as its tooltip.
 """
 
 from __future__ import annotations
@@ -148,7 +154,31 @@ class Dashboard:
         return float(self.page.get_attribute("#job-progress [role=progressbar]", "aria-valuenow"))
 
     def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.folder / f"{name}.png"), full_page=True)
+        self.page.screenshot(path=str(self.folder / f"dashboard-{name}.png"), full_page=True)
+
+    def wrapped_ids(self) -> list[str]:
+        """Ids (``code``, the header's served version) drawn on more than one line."""
+        return self.page.evaluate("""() => [...document.querySelectorAll("main code, #served")]
+            .filter((el) => el.offsetParent !== null && el.textContent.trim())
+            .filter((el) => el.getBoundingClientRect().height >
+                            1.6 * parseFloat(getComputedStyle(el).fontSize))
+            .map((el) => el.textContent)""")
+
+    def axis_labels_outside(self, selector: str) -> list[str]:
+        """Axis labels of the charts under ``selector`` that stick out of their chart."""
+        return self.page.evaluate("""(selector) => [...document.querySelectorAll(
+                `${selector} svg.chart text.axis`)].filter((text) => {
+            const box = text.getBoundingClientRect();
+            const frame = text.ownerSVGElement.getBoundingClientRect();
+            return box.left < frame.left || box.right > frame.right ||
+                   box.top < frame.top || box.bottom > frame.bottom;
+        }).map((text) => text.textContent)""", selector)
+
+    def settings(self, table: str) -> dict[str, tuple[str, bool]]:
+        """A settings table (``#hparams-table``): field -> (value shown, marked as default)."""
+        return self.page.evaluate("""(table) => Object.fromEntries([...document.querySelectorAll(
+                `${table} td[data-field]`)].map((td) => [td.dataset.field,
+                [td.querySelector(".value").textContent, td.dataset.default === "true"]]))""", table)
 
 
 def test_dashboard_walkthrough(stack, browser, screenshots):
@@ -198,12 +228,16 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     assert ui.notice().startswith("uploaded stripes: 2 classes")
     rows = page.locator("#datasets-table tbody tr")
     assert rows.count() == 2 and page.is_visible("tr[data-name='colours'] .badge.suite")
+    stripes = next(d for d in datasets(stack) if d["name"] == "stripes")
+    assert page.is_enabled(f"button[data-suite='{stripes['id']}']")  # no job trained on it yet
+    assert ui.wrapped_ids() == []
     ui.shot("datasets")
 
-    # start a job on stripes and watch it: progress advances, losses draw, the gate reports
-    stripes = next(d for d in datasets(stack) if d["name"] == "stripes")
+    # start a job on stripes and watch it: progress advances, losses draw, the gate reports;
+    # a tiny weight constraint: its l2 term stays under ~1e-5, a value an axis must label in a
+    # few characters
     page.click(f"button[data-new-job='{stripes['id']}']")
-    page.fill("#job-hparams", json.dumps({**FAST_HPARAMS, "steps": 120}))
+    page.fill("#job-hparams", json.dumps({**FAST_HPARAMS, "steps": 120, "l2_weight": 1e-7}))
     page.fill("#job-gate", json.dumps({"confidence": 0.5}))
     page.click("#job-submit")
     ui.wait_ready("job")
@@ -231,7 +265,49 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     if job["state"] == "succeeded":  # the header follows the promotion
         expect(page.locator("#served")).to_have_attribute("data-version", job["candidate_version"],
                                                           timeout=15_000)
+
+    # the loss axes fit their labels, in a compact number format
+    labels = page.locator("#loss-chart text.axis").all_text_contents()
+    l2 = page.locator("figure:has(polyline[data-loss='l2']) text.axis").all_text_contents()
+    assert any("e-" in t for t in l2), l2  # a mantissa and an exponent, not "0.0000012"
+    assert max(map(len, labels)) <= 7, labels
+    assert ui.axis_labels_outside("main") == []
+    compact = page.evaluate("""() => import("./assets/charts.js").then((charts) => {
+        const axis = charts.niceTicks(6.5e-5, 7.3e-5, 3);
+        return [[7e-5, 0.33, 22.64, 123.4, 0, 1.5e6].map(charts.fmtCompact),
+                axis.ticks.map(charts.tickFormat(axis.ticks, axis.step))];
+    })""")
+    assert compact == [["7.0e-5", "0.33", "22.6", "123", "0", "1.5e6"],
+                       ["6.4e-5", "6.6e-5", "6.8e-5", "7.0e-5", "7.2e-5", "7.4e-5"]]
+
+    # the settings, as tables: every hyper-parameter the job runs with, the defaults marked;
+    # the gate policy the gate applied (the report's), the fields not sent marked as defaults
+    hparams = ui.settings("#hparams-table")
+    assert set(hparams) == set(job["hparams"]) and len(hparams) >= 15
+    assert hparams["steps"] == ("120", False) and hparams["l2_weight"] == ("1e-7", False)
+    assert hparams["warmup_steps"] == ("4", False)  # sent; 120 // 10 = 12 is the default
+    assert hparams["label_smoothing"] == ("0.2", True) and hparams["seed"] == ("0", True)
+    assert job["report"]["policy"]["confidence"] == 0.5
+    assert page.get_attribute("#gate-policy-table", "data-applied") == "true"
+    assert ui.settings("#gate-policy-table") == {
+        "min_new_task_gain": ("0", True), "max_mean_drop": ("1", True),
+        "max_dataset_drop": ("3", True), "max_drift": ("off (not checked)", True),
+        "confidence": ("0.5", False)}
+    assert "{" not in page.inner_text("#job-settings")  # no JSON blob
+    assert ui.wrapped_ids() == []
     ui.shot("job")
+
+    # a dataset a job trained on cannot become a suite: the button says why, disabled
+    ui.open("datasets")
+    mark = page.locator(f"button[data-suite='{stripes['id']}']")
+    assert mark.inner_text() == "Mark as suite" and mark.is_disabled()
+    assert page.get_attribute("tr[data-name='stripes'] span.why", "title").startswith(
+        "a job trained on this dataset: a zero-shot suite must never be trained on")
+    colours = next(d for d in datasets(stack) if d["name"] == "colours")
+    assert page.is_enabled(f"button[data-suite='{colours['id']}']")  # "Unmark suite"
+    refused = httpx.put(f"{stack.url}/v1/datasets/{stripes['id']}/suite", json={"suite": True},
+                        headers={"X-API-Key": ADMIN_KEY})
+    assert refused.status_code == 409, refused.text  # what the disabled button spares the user
 
     # a long job, cancelled from its page once it runs
     ui.open("datasets")
@@ -250,6 +326,7 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     ui.open("jobs")
     assert page.get_attribute(f"tr[data-job='{job_id}']", "data-state") == job["state"]
     assert page.get_attribute(f"tr[data-job='{long_id}']", "data-state") == "cancelled"
+    assert ui.wrapped_ids() == []
     ui.shot("jobs")
 
     # roll back to the older starter (confirm dialog); the served version changes
@@ -263,6 +340,8 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     assert ui.notice().startswith(f"now serving {starter['id']}")
     assert stack.served() == starter["id"]
     assert page.is_visible(f"tr[data-version='{starter['id']}'] .served-badge")
+    assert ui.wrapped_ids() == []
+    ui.dismiss()
     ui.shot("models")
 
     # a photo of a cat, through the page, answered by the starter

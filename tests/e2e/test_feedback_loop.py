@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import ADMIN
-from tests.helpers.processes import REQUEST_TIMEOUT_S, wait_until
+from tests.helpers.processes import REQUEST_TIMEOUT_S, START_DEADLINE_S, wait_until
 from zscl_bench.tasks import FASHION_CLASSES, FASHION_TEMPLATES
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -114,7 +114,7 @@ def test_corrections_become_a_promoted_update(stack_factory, starter_dir):
         assert again.status_code == 200 and again.json()["id"] == done["dataset_id"]
 
         promoted = done["candidate_version"]
-        wait_until(lambda: stack.served() == promoted, 120, 0.5, "the API serving the update")
+        wait_until(lambda: stack.served() == promoted, START_DEADLINE_S, 0.5, "the API serving the update")
         rest = [item for item in images if int(item[0].split("-")[1].split(".")[0])
                 >= ANSWERED_PER_CLASS]
         for start in range(0, len(rest), 50):

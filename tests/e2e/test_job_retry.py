@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers.archives import stripes_zip
-from tests.helpers.processes import wait_until
+from tests.helpers.processes import REQUEST_TIMEOUT_S
 from tests.helpers.synthetic import FAST_HPARAMS
 
 pytestmark = pytest.mark.slow
@@ -26,14 +26,14 @@ def test_a_job_whose_worker_is_killed_is_retried_from_its_start_and_succeeds(sta
     first = stack.worker("w1")
     stripes = stack.upload(stripes_zip(), "stripes")
     job = stack.submit(stripes["id"], hparams={**FAST_HPARAMS, "steps": 200}, gate=LENIENT)
-    wait_until(lambda: stack.get_job(job["id"])["step"] > 0, 180, 0.2, "training started")
+    stack.wait_job(job["id"], lambda j: j["step"] > 0, step_s=0.2)  # training started
     os.killpg(first.pid, signal.SIGKILL)  # the worker and its training process, no clean-up
     stack.worker("w2")
 
     done = stack.wait_job(job["id"])
     assert done["state"] == "succeeded", (done, stack.log_tail())
     assert done["step"] == done["total_steps"] == 200
-    events = httpx.get(f"{stack.url}/v1/jobs/{job['id']}/events", timeout=60).json()["events"]
+    events = httpx.get(f"{stack.url}/v1/jobs/{job['id']}/events", timeout=REQUEST_TIMEOUT_S).json()["events"]
     states = [e["data"] for e in events if e["kind"] == "state"]
     assert [s["state"] for s in states] == ["queued", "running", "queued", "running", "evaluating",
                                             "succeeded"]

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import ADMIN, ADMIN_KEY
 from tests.helpers.colour import COLOUR_LABELS, png_bytes
-from tests.helpers.processes import Stack, kill_session, session_processes, wait_until
+from tests.helpers.processes import (REQUEST_TIMEOUT_S, START_DEADLINE_S, STOP_DEADLINE_S, Stack,
+                                     kill_session, session_processes, wait_until)
 
 SWAPPED_RED = "green"  # a red image's answer under v-swapped, by construction (helpers/colour.py)
-SWAP_WITHIN_S = 5.0    # every process serves an activated version this soon (reconcile: 0.2 s)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Clients:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=REQUEST_TIMEOUT_S)
 
     def _run(self) -> None:
         image = png_bytes("red")
@@ -62,7 +62,8 @@ class Clients:
             started = time.monotonic()
             try:
                 response = httpx.post(f"{self.url}/v1/classify", files=[("images", ("r.png", image))],
-                                      data={"labels": COLOUR_LABELS, "top_k": "1"}, timeout=30)
+                                      data={"labels": COLOUR_LABELS, "top_k": "1"},
+                                      timeout=REQUEST_TIMEOUT_S)
             except httpx.HTTPError:  # refused or cut off: a failed request like any other
                 self.answers.append(Answer(started, time.monotonic(), 0, "?"))
                 continue
@@ -107,8 +108,9 @@ def _close(stack: Stack) -> None:
 def _stop_with_sigterm(serve) -> None:
     """SIGTERM to `zscl serve` alone: it exits 0, and every process it started goes with it."""
     serve.send_signal(signal.SIGTERM)
-    assert serve.wait(timeout=30) == 0
-    wait_until(lambda: not session_processes(serve.pid), 15, 0.1, "every process of zscl serve gone")
+    assert serve.wait(timeout=STOP_DEADLINE_S) == 0
+    wait_until(lambda: not session_processes(serve.pid), STOP_DEADLINE_S, 0.1,
+               "every process of zscl serve gone")
 
 
 @pytest.mark.slow
@@ -145,12 +147,12 @@ def _check(stack: Stack, data_dir: Path) -> None:
     ready: set[str] = set()
 
     def both_ready() -> bool:
-        response = httpx.get(f"{stack.url}/readyz", timeout=5)
+        response = httpx.get(f"{stack.url}/readyz", timeout=REQUEST_TIMEOUT_S)
         if response.status_code == 200:
             ready.add(response.headers["X-Process-Id"])
         return len(ready) == 2
 
-    wait_until(both_ready, 60, 0.05, "two API processes ready")
+    wait_until(both_ready, START_DEADLINE_S, 0.05, "two API processes ready")
     # 1. the first start built the model once, before the processes started: one new version
     built = _version_dirs(data_dir) - before
     assert len(built) == 1, built
@@ -158,12 +160,15 @@ def _check(stack: Stack, data_dir: Path) -> None:
     assert stack.served() == first
 
     with Clients(stack.url) as clients:
-        wait_until(lambda: clients.pids() == ready, 30, 0.05, "classify answered by both processes")
+        wait_until(lambda: clients.pids() == ready, START_DEADLINE_S, 0.05,
+                   "classify answered by both processes")
         # 2. activate another version while the clients classify: every process follows
-        response = httpx.post(f"{stack.url}/v1/models/v-swapped/activate", headers=ADMIN, timeout=60)
+        response = httpx.post(f"{stack.url}/v1/models/v-swapped/activate", headers=ADMIN,
+                              timeout=REQUEST_TIMEOUT_S)
         assert response.status_code == 200, response.text
         activated = time.monotonic()
-        wait_until(lambda: clients.pids("v-swapped", after=activated) == ready, SWAP_WITHIN_S, 0.02,
+        # the other process follows at its next reconcile (0.2 s) and a load of the version
+        wait_until(lambda: clients.pids("v-swapped", after=activated) == ready, START_DEADLINE_S, 0.02,
                    "both processes serving v-swapped")
         time.sleep(0.5)
     answers = list(clients.answers)
@@ -179,14 +184,14 @@ def _check(stack: Stack, data_dir: Path) -> None:
     assert set(per_process) == ready and min(per_process.values()) > 0
 
     def summed() -> tuple[str, str] | None:
-        scrape = httpx.get(f"{stack.url}/metrics", timeout=10)
+        scrape = httpx.get(f"{stack.url}/metrics", timeout=REQUEST_TIMEOUT_S)
         text = scrape.text
         counted = _sample_sum(text, "zscl_http_requests_total", route="/v1/classify", status="200")
         lookups = (_sample_sum(text, "zscl_head_cache_hits_total")
                    + _sample_sum(text, "zscl_head_cache_misses_total"))
         return (text, scrape.headers["X-Process-Id"]) if counted == lookups == len(answers) else None
 
-    text, scraped_by = wait_until(summed, 10, 0.2, "/metrics summing both processes")
+    text, scraped_by = wait_until(summed, START_DEADLINE_S, 0.2, "/metrics summing both processes")
     assert per_process[scraped_by] < len(answers)
     assert _sample_sum(text, "zscl_model_served", model_version="v-swapped") == 2
     assert _sample_sum(text, "zscl_model_served", model_version=first) == 0

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.archives import colours_zip, stripes_zip
 from tests.helpers.colour import png_bytes
-from tests.helpers.processes import REQUEST_TIMEOUT_S, wait_until
+from tests.helpers.processes import REQUEST_TIMEOUT_S, START_DEADLINE_S, wait_until
 from tests.helpers.synthetic import FAST_HPARAMS
 
 pytestmark = pytest.mark.slow
@@ -34,14 +34,14 @@ def _flow(stack):
     # (the gate's noise margin has its own tests in tests/core/test_gate.py)
     job = stack.submit(stripes["id"], hparams={**FAST_HPARAMS, "steps": 60},
                        gate={"confidence": 0.5})
-    seen_running = wait_until(lambda: (j := stack.get_job(job["id"]))["state"] == "running"
-                              and j["step"] > 0 and j, 180, 0.2, "progress while running")
+    seen_running = stack.wait_job(job["id"], lambda j: j["state"] == "running" and j["step"] > 0,
+                                  step_s=0.2)
     assert 0 < seen_running["progress"] < 1 and "ce" in seen_running["losses"]
     done = stack.wait_job(job["id"])
     assert done["state"] == "succeeded", (done, stack.log_tail())
     assert done["metrics"]["data_wait_s"] >= 0 and done["metrics"]["compute_s"] > 0
     new = done["candidate_version"]
-    wait_until(lambda: stack.served() == new, 60, 0.1, "API serving the promoted version")
+    wait_until(lambda: stack.served() == new, START_DEADLINE_S, 0.1, "API serving the promoted version")
     assert _classify_ok(stack) == new
     events = httpx.get(f"{stack.url}/v1/jobs/{job['id']}/events", timeout=REQUEST_TIMEOUT_S).json()["events"]
     assert [e["data"].get("state") for e in events if e["kind"] == "state"] == \
@@ -79,7 +79,7 @@ def test_worker_killed_mid_update_fails_the_job_and_serving_continues(stack_fact
     served = stack.served()
     versions_before = sorted(p.name for p in (stack.data_dir / "versions").iterdir())
     job = stack.submit(stripes["id"], hparams={**FAST_HPARAMS, "steps": 5000})
-    wait_until(lambda: stack.get_job(job["id"])["step"] > 0, 180, 0.2, "training started")
+    stack.wait_job(job["id"], lambda j: j["step"] > 0, step_s=0.2)  # training started
     errors, stop = [], threading.Event()
 
     def keep_classifying():
@@ -93,12 +93,11 @@ def test_worker_killed_mid_update_fails_the_job_and_serving_continues(stack_fact
     load.start()
     try:
         os.killpg(worker.pid, signal.SIGKILL)  # the worker and its training child, no cleanup
-        done = wait_until(lambda: (j := stack.get_job(job["id"]))["state"] == "failed" and j,
-                          180, 0.5, "job failed after the worker was killed")
+        done = stack.wait_job(job["id"])  # failed once the reaper misses the worker's heartbeats
     finally:
         stop.set()
         load.join()
-    assert done["error"]["type"] == "WorkerLost"
+    assert done["state"] == "failed" and done["error"]["type"] == "WorkerLost", done
     assert errors == []
     assert stack.served() == served
     assert sorted(p.name for p in (stack.data_dir / "versions").iterdir()) == versions_before

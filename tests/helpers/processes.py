@@ -15,16 +15,25 @@ from pathlib import Path
 
 import httpx
 
+from records.tables import TERMINAL_STATES
 from tests.helpers import ADMIN
 
 REPO = Path(__file__).resolve().parents[2]
-# `zscl serve` stops in GRACEFUL_SHUTDOWN_S (5 s) plus its worker's warm shutdown (at most 15 s);
-# a loaded machine may take several times that, and a deadline costs nothing when it is not hit
+# A loaded machine (other engineers' work, two workers training) may take many times the usual,
+# and a deadline costs nothing until it is hit: every one here is far past what a healthy run
+# takes, so that a test fails on a hang, never on a slow machine. A timing that is the point of
+# a test (a limit the server enforces, a latency it promises) is that test's own constant.
+#
+# `zscl serve` stops in GRACEFUL_SHUTDOWN_S (5 s) plus its worker's warm shutdown (at most 15 s)
 STOP_DEADLINE_S = 90
-# one request to a test server, or a server starting: a loaded machine (other engineers' work,
-# two workers training) may take many times the usual; a deadline is only paid by a hang
+# one request to a test server (a job record answers in milliseconds; an upload ingests)
 REQUEST_TIMEOUT_S = 120
+# a server starting, or catching up: serving a version another process promoted or activated,
+# summing its processes' metrics, reaping a lost worker's job
 START_DEADLINE_S = 300
+# a job is waited for as long as it moves (state, step, losses, report): it fails only after
+# this long without any change, however long the whole job takes
+JOB_STALL_S = 300
 
 
 def free_port() -> int:
@@ -42,6 +51,23 @@ def wait_until(predicate, timeout_s: float, step_s: float = 0.1, what: str = "co
             return value
         time.sleep(step_s)
     raise AssertionError(f"{what} not met within {timeout_s}s")
+
+
+def wait_progressing(poll, stall_s: float, step_s: float = 0.5, what: str = "condition"):
+    """Call ``poll()`` until the first of the two things it returns, the value waited for, is
+    truthy, and return that. The second is a snapshot of what is being waited for (a job's
+    record, say): the wait has no deadline as a whole, and fails only when that snapshot has
+    stayed the same for ``stall_s``."""
+    last, moved_at = object(), time.monotonic()
+    while True:
+        value, now = poll()
+        if value:
+            return value
+        if now != last:
+            last, moved_at = now, time.monotonic()
+        elif time.monotonic() - moved_at > stall_s:
+            raise AssertionError(f"{what}: no progress for {stall_s}s; last seen: {last!r}")
+        time.sleep(step_s)
 
 
 def _pings(client) -> bool:
@@ -124,10 +150,24 @@ class Stack:
         assert response.status_code == 202, response.text
         return response.json()
 
-    def wait_job(self, job_id: str, timeout_s: float = 600) -> dict:
-        return wait_until(lambda: (j := self.get_job(job_id))["state"] in
-                          ("succeeded", "rejected", "failed", "cancelled") and j,
-                          timeout_s, 0.5, f"job {job_id} ending")
+    def wait_job(self, job_id: str, until=None, *, step_s: float = 0.5,
+                 stall_s: float = JOB_STALL_S) -> dict:
+        """The job's record once ``until(record)`` holds (default: once the job ended). It
+        waits as long as the record changes (:func:`wait_progressing`); a job that ends
+        without ``until`` holding fails at once."""
+        what = f"job {job_id} {'ending' if until is None else 'reaching the awaited point'}"
+
+        def poll() -> tuple[dict | None, dict]:
+            job = self.get_job(job_id)
+            ended = job["state"] in TERMINAL_STATES
+            if until is None:
+                return (job if ended else None), job
+            if until(job):
+                return job, job
+            assert not ended, f"{what}: it ended first: {job}"
+            return None, job
+
+        return wait_progressing(poll, stall_s, step_s, what)
 
     def log_tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))

@@ -178,3 +178,24 @@ def test_a_dataset_that_is_not_a_suite_is_deleted_while_other_jobs_run(session, 
     assert jobs.transition(session, _job(session, "aaaaaaaaaaaaaaaa"), "running")
     datasets.delete(session, settings, "bbbbbbbbbbbbbbbb")
     assert [d.id for d in datasets.list_datasets(session)] == ["aaaaaaaaaaaaaaaa"]
+
+
+# --- what a job reads of the datasets (records.datasets, for worker.pipeline) ---------------------
+
+
+def test_learned_in_names_the_datasets_trained_into_the_given_versions_oldest_first(session):
+    for dataset_id in ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"):
+        _dataset(session, dataset_id)
+    _dataset(session, "5555555555555555", suite=True)
+    for dataset_id, candidate in (("bbbbbbbbbbbbbbbb", "v1"), ("aaaaaaaaaaaaaaaa", "v2"),
+                                  ("bbbbbbbbbbbbbbbb", "v3"), ("cccccccccccccccc", "v-other")):
+        job_id = _job(session, dataset_id)
+        for state in ("running", "evaluating"):
+            assert jobs.transition(session, job_id, state)
+        assert jobs.transition(session, job_id, "succeeded", candidate_version=candidate)
+    learned = datasets.learned_in(session, ["v3", "v2", "v1"])
+    assert [d.id for d in learned] == ["bbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaa"]
+    assert learned[0] == datasets.dataset_info(session, "bbbbbbbbbbbbbbbb")
+    assert (learned[0].name, learned[0].classnames, learned[0].is_suite) == (
+        "bbbbbbbbbbbbbbbb", ("a", "b"), False)
+    assert [d.id for d in datasets.list_suites(session)] == ["5555555555555555"]

@@ -51,6 +51,17 @@ def test_activate_unconditionally_creates_the_pointer(session):
     assert registry.get_serving(session) == ("v1", 1)
 
 
+def test_lineage_is_the_version_and_its_ancestors_newest_first(session):
+    registry.register_version(session, "root", "/x/root")
+    registry.register_version(session, "a", "/x/a", parent="root")
+    registry.register_version(session, "b", "/x/b", parent="a")
+    registry.register_version(session, "other", "/x/other", parent="root")
+    assert [v.id for v in registry.lineage(session, "b")] == ["b", "a", "root"]
+    assert [v.id for v in registry.lineage(session, "root")] == ["root"]
+    with pytest.raises(UnknownVersion):
+        registry.lineage(session, "nope")
+
+
 def test_notify_without_redis_is_a_no_op():
     assert registry.notify(None, "v1", 1) is False
     # an unreachable Redis is logged, not raised: receivers reconcile

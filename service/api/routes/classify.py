@@ -8,7 +8,7 @@ import binascii
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from records.errors import InvalidRequest, UnsupportedMediaType
@@ -61,16 +61,31 @@ OPENAPI_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-async def _from_multipart(request: Request, max_files: int) -> dict:
+def too_many_images(max_files: int) -> InvalidRequest:
+    """The one refusal of a multipart batch over the image limit, whether our count or
+    starlette's parser (which stops reading at ``max_files + 1`` file parts) saw it first."""
+    return InvalidRequest(f"more than {max_files} images in one request; the limit is "
+                          f"{max_files} per request: split the batch")
+
+
+async def read_form(request: Request, max_files: int) -> FormData:
+    """The multipart form, its file parts capped (one over ``max_files``, so that the caller
+    can count them and refuse with :func:`too_many_images`)."""
     try:
-        form = await request.form(max_files=max_files + 1, max_fields=10_000)
+        return await request.form(max_files=max_files + 1, max_fields=10_000)
     except HTTPException as exc:  # starlette's own multipart limits and syntax errors
+        if str(exc.detail).startswith("Too many files"):  # starlette's words for its max_files
+            raise too_many_images(max_files) from exc
         raise InvalidRequest(f"could not read the multipart body: {exc.detail}") from exc
+
+
+async def _from_multipart(request: Request, max_files: int) -> dict:
+    form = await read_form(request, max_files)
     try:
         files = [item for key in ("images", "image", "file", "files") for item in form.getlist(key)
                  if isinstance(item, UploadFile)]
         if len(files) > max_files:
-            raise InvalidRequest(f"more than {max_files} images in one request; split the batch")
+            raise too_many_images(max_files)
         images = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(files)]
         text = lambda key: [v for v in form.getlist(key) if isinstance(v, str)]  # noqa: E731
         top_k = text("top_k")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -53,21 +56,42 @@ async def upload(request: Request, services: ServicesDep,
         raise PayloadTooLarge(f"the archive is {int(length)} bytes; the limit is {limit} "
                               f"(ZSCL_MAX_DATASET_BYTES)")
     # the spool is locked while it exists: start-up removes only the spools of dead processes
-    with upload_spool(settings.datasets_dir) as (spool, fh):
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"the archive is larger than the limit of {limit} bytes "
-                                      f"(ZSCL_MAX_DATASET_BYTES)")
-            fh.write(chunk)
-        fh.flush()
+    async with _spool(settings.datasets_dir) as (spool, fh):
+        await _spool_body(request, fh, limit)
         row, created = await run_in_threadpool(
             datasets.add_dataset, services.sessions, settings, spool, name=name, suite=suite,
             content_type=request.headers.get("content-type"), test_fraction=test_fraction,
             seed=seed)
     body = datasets.dataset_out(row)
     return JSONResponse(DatasetOut(**body).model_dump(mode="json"), status_code=201 if created else 200)
+
+
+# The spool's disk work runs on worker threads, never on the event loop: a write or an unlink
+# that the disk makes wait (the kernel throttles a writer while too much waits to go to disk)
+# would stall every other request meanwhile.
+
+@contextlib.asynccontextmanager
+async def _spool(store_root: pathlib.Path) -> AsyncIterator[tuple[pathlib.Path, BinaryIO]]:
+    """:func:`records.ingest.upload_spool`, created, locked and removed on a worker thread."""
+    spool = upload_spool(store_root)
+    opened = await run_in_threadpool(spool.__enter__)
+    try:
+        yield opened
+    finally:
+        await run_in_threadpool(spool.__exit__, None, None, None)
+
+
+async def _spool_body(request: Request, fh: BinaryIO, limit: int) -> None:
+    """Write the request body to ``fh`` as it comes, each piece on a worker thread; refuse it
+    past ``limit`` bytes."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"the archive is larger than the limit of {limit} bytes "
+                                  f"(ZSCL_MAX_DATASET_BYTES)")
+        await run_in_threadpool(fh.write, chunk)
+    await run_in_threadpool(fh.flush)
 
 
 @router.get("", dependencies=READ_ACCESS, response_model=list[DatasetOut], summary="Every dataset")

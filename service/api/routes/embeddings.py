@@ -6,7 +6,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from records.errors import InvalidRequest, UnsupportedMediaType
 
@@ -14,7 +13,7 @@ from ...embedding_schemas import EmbeddingsResponse, EmbedJSON, ImageEmbedding, 
 from ...embeddings import ENCODINGS, Embeddings, as_base64_float16
 from .. import API_V1
 from ..deps import ServicesDep, require_inference
-from .classify import _decode_b64, _inline_refs
+from .classify import _decode_b64, _inline_refs, read_form, too_many_images
 
 router = APIRouter(prefix=API_V1, tags=["embeddings"])
 
@@ -38,15 +37,12 @@ OPENAPI_BODY = {"requestBody": {"required": True, "content": {
 
 
 async def _from_multipart(request: Request, max_files: int) -> dict:
-    try:
-        form = await request.form(max_files=max_files + 1, max_fields=10_000)
-    except HTTPException as exc:  # starlette's own multipart limits and syntax errors
-        raise InvalidRequest(f"could not read the multipart body: {exc.detail}") from exc
+    form = await read_form(request, max_files)
     try:
         files = [item for key in IMAGE_FIELDS for item in form.getlist(key)
                  if isinstance(item, UploadFile)]
         if len(files) > max_files:
-            raise InvalidRequest(f"more than {max_files} images in one request; split the batch")
+            raise too_many_images(max_files)
         images = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(files)]
         texts = [v for key in TEXT_FIELDS for v in form.getlist(key) if isinstance(v, str)]
         encoding = [v for v in form.getlist("encoding") if isinstance(v, str)] or ["float"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -30,4 +31,5 @@ async def readyz(services: ServicesDep):
 @router.get("/metrics", dependencies=READ_ACCESS, response_class=Response,
             summary="Prometheus metrics, of every API process of the server")
 async def metrics(services: ServicesDep) -> Response:
-    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    # on a worker thread: with several API processes it reads every process's metric files
+    return Response(await run_in_threadpool(services.metrics.render), media_type=CONTENT_TYPE_LATEST)

@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.responses import JSONResponse
 
@@ -65,8 +66,12 @@ def events(job_id: JobId, session: SessionDep, after: RowIndex = 0,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def stream(job_id: JobId, services: ServicesDep, after: RowIndex = 0,
                  poll_s: Annotated[float, Query(gt=0, le=10)] = 0.5) -> StreamingResponse:
-    with services.sessions() as session:
-        jobs.get_job(session, job_id)
+    # Every database read runs on the threadpool of the sync routes, never on the event loop: a
+    # read the database makes wait (a busy disk, a lock) would stall every other request. Not
+    # asyncio's default executor: its few threads (cores + 4) also load models and decode images.
+    def check() -> None:
+        with services.sessions() as session:
+            jobs.get_job(session, job_id)  # an unknown job is a 404 before the stream starts
 
     def page(cursor: int):
         with services.sessions() as session:
@@ -74,10 +79,12 @@ async def stream(job_id: JobId, services: ServicesDep, after: RowIndex = 0,
             state = jobs.get_job(session, job_id).state
             return [(r.id, r.kind, r.data, r.at.isoformat()) for r in rows], state
 
+    await run_in_threadpool(check)
+
     async def generate():
         cursor = after
         while True:
-            rows, state = await asyncio.to_thread(page, cursor)
+            rows, state = await run_in_threadpool(page, cursor)
             for event_id, kind, data, at in rows:
                 cursor = event_id
                 yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps({**data, 'at': at})}\n\n"

@@ -1,8 +1,9 @@
 // Datasets: the list (classes, split sizes, suite flag); for admin, drag-and-drop upload (the
-// API's 4xx message shown as it is), the suite toggle and "new job" on a dataset.
+// API's 4xx message shown as it is), the suite toggle and "new job" on a dataset. An action
+// the API would refuse is not offered: a dataset a job trained on cannot become a suite.
 
 import { api } from "./api.js";
-import { dropZone, fmtTime, h, notify, shortId } from "./dom.js";
+import { dropZone, fmtTime, h, idCode, notify, shortId } from "./dom.js";
 import { newJobForm } from "./jobs.js";
 
 const TYPES = [[/\.zip$/i, "application/zip"], [/\.(tar\.gz|tgz)$/i, "application/gzip"],
@@ -14,8 +15,21 @@ const contentType = (file) =>
 const nameOf = (file) =>
   file.name.replace(/\.(zip|tar|tar\.gz|tgz)$/i, "").replace(/[^A-Za-z0-9_.:-]+/g, "-").slice(0, 128) || "dataset";
 
+const JOB_PAGE = 500; // the API's largest page of jobs
+
+/** Ids of the datasets some job used, whatever its state: records.datasets.set_suite's rule. */
+async function trainedOn(signal) {
+  const ids = new Set();
+  for (let offset = 0; ; offset += JOB_PAGE) {
+    const jobs = await api(`jobs?limit=${JOB_PAGE}&offset=${offset}`, { signal });
+    jobs.forEach((job) => ids.add(job.dataset_id));
+    if (jobs.length < JOB_PAGE) return ids;
+  }
+}
+
 export async function render(section, _args, ctx) {
-  const datasets = await api("datasets", { signal: ctx.signal });
+  const [datasets, trained] = await Promise.all([api("datasets", { signal: ctx.signal }),
+    trainedOn(ctx.signal)]);
   const formSlot = h("div");
   section.replaceChildren(
     h("div", { class: "page-head" }, h("h1", {}, "Datasets"),
@@ -25,31 +39,37 @@ export async function render(section, _args, ctx) {
     h("table", { class: "list", id: "datasets-table" },
       h("thead", {}, h("tr", {}, ["Name", "Id", "Classes", "Train", "Test", "Gate images", "Split",
         "Suite", "Uploaded", ""].map((t) => h("th", {}, t)))),
-      h("tbody", {}, datasets.length ? datasets.map((d) => datasetRow(d, datasets, formSlot, ctx))
+      h("tbody", {}, datasets.length ? datasets.map((d) => datasetRow(d, datasets, trained.has(d.id), formSlot, ctx))
         : h("tr", {}, h("td", { colspan: 10, class: "muted" }, "no datasets yet")))));
 }
 
-function datasetRow(d, all, formSlot, ctx) {
+function datasetRow(d, all, trained, formSlot, ctx) {
   const classes = d.classnames.length > 4
     ? h("details", {}, h("summary", {}, `${d.classnames.length}: ${d.classnames.slice(0, 3).join(", ")}, …`),
       d.classnames.join(", "))
     : `${d.classnames.length}: ${d.classnames.join(", ")}`;
-  const toggle = h("button", { type: "button", class: "admin-only", onclick: () => ctx.withAdmin(async () => {
-    await api(`datasets/${d.id}/suite`, { method: "PUT", body: { suite: !d.is_suite }, admin: true });
-    await ctx.rerender();
-    notify(`${d.name} is ${d.is_suite ? "no longer" : "now"} a suite`, "ok");
-  }) }, d.is_suite ? "Unmark suite" : "Mark as suite");
+  const refused = !d.is_suite && trained;
+  const why = refused ? "a job trained on this dataset: a zero-shot suite must never be trained " +
+    "on; upload another dataset as the suite" : null;
+  const toggle = h("button", { type: "button", class: "admin-only", disabled: refused, title: why,
+    dataset: { suite: d.id }, onclick: () => ctx.withAdmin(async () => {
+      await api(`datasets/${d.id}/suite`, { method: "PUT", body: { suite: !d.is_suite }, admin: true });
+      await ctx.rerender();
+      notify(`${d.name} is ${d.is_suite ? "no longer" : "now"} a suite`, "ok");
+    }) }, d.is_suite ? "Unmark suite" : "Mark as suite");
   const train = !d.is_suite && d.n_train > 0 ? h("button", { type: "button", class: "admin-only primary",
     dataset: { newJob: d.id }, onclick: () => {
       formSlot.replaceChildren(newJobForm(all, d.id, ctx, () => formSlot.replaceChildren()));
       formSlot.scrollIntoView();
     } }, "New job…") : "";
   return h("tr", { dataset: { dataset: d.id, name: d.name } },
-    h("td", {}, d.name), h("td", {}, h("code", { title: d.sha256 }, shortId(d.id))),
+    h("td", {}, d.name), h("td", {}, idCode(d.id, { short: true, title: `${d.id}\nsha256 ${d.sha256}` })),
     h("td", { class: "small" }, classes), h("td", {}, d.n_train), h("td", {}, d.n_test),
     h("td", {}, d.n_eval), h("td", {}, d.split),
     h("td", {}, d.is_suite ? h("span", { class: "badge suite" }, "suite") : "—"),
-    h("td", {}, fmtTime(d.created_at)), h("td", { class: "actions" }, train, toggle));
+    h("td", {}, fmtTime(d.created_at)),
+    // a disabled button gets no hover: its wrapper shows why (style.css)
+    h("td", { class: "actions" }, train, why ? h("span", { class: "why", title: why }, toggle) : toggle));
 }
 
 function uploadPanel(ctx) {

@@ -38,6 +38,15 @@ export function progressBar(fraction, label) {
 
 export const shortId = (id) => (id && id.length > 12 ? id.slice(0, 12) : id ?? "—");
 
+/**
+ * An id (a version, job or dataset) on one line, in monospace: cut short with `short`, or by
+ * an ellipsis where its box is narrower (style.css `code.id`); the whole id is its title.
+ */
+export function idCode(id, { short = false, ...attrs } = {}) {
+  if (!id) return "—";
+  return h("code", { class: "id", title: id, ...attrs }, short ? shortId(id) : id);
+}
+
 export function fmtTime(iso) {
   if (!iso) return "—";
   const date = new Date(/[zZ]|[+-]\d\d:\d\d$/.test(iso) ? iso : `${iso}Z`);

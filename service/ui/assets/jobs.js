@@ -1,11 +1,12 @@
-// Jobs: the list (state, progress, ETA), one job live over its event stream (progress, loss
-// curves, then the gate report), cancel, and the form that starts a job (also used by the
-// datasets page).
+// Jobs: the list (state, progress, ETA), one job live over its event stream (its settings,
+// progress, loss curves, then the gate report), cancel, and the form that starts a job (also
+// used by the datasets page).
 
 import { api, followJob } from "./api.js";
 import { gateChart, lossCharts } from "./charts.js";
-import { TERMINAL, fmtDuration, fmtNumber, fmtSigned, fmtTime, h, notify, progressBar, shortId,
+import { TERMINAL, fmtDuration, fmtNumber, fmtSigned, fmtTime, h, idCode, notify, progressBar,
   stateBadge } from "./dom.js";
+import { settingDefaults, settingsTables } from "./job-settings.js";
 
 const METHODS = ["zscl", "continual_ft", "lwf", "wise_ft", "zscl_no_avg", "zscl_no_distill"];
 const PAGE = 100;
@@ -57,8 +58,8 @@ async function renderList(section, ctx) {
 function jobRow(job, names) {
   const running = !TERMINAL.has(job.state);
   return h("tr", { dataset: { job: job.id, state: job.state } },
-    h("td", {}, h("a", { href: `#/jobs/${job.id}` }, h("code", {}, shortId(job.id)))),
-    h("td", {}, names[job.dataset_id] || shortId(job.dataset_id), startedBy(job, "div", "muted small", "started by ")),
+    h("td", {}, h("a", { href: `#/jobs/${job.id}` }, idCode(job.id, { short: true }))),
+    h("td", {}, names[job.dataset_id] || idCode(job.dataset_id, { short: true }), startedBy(job, "div", "muted small", "started by ")),
     h("td", {}, job.method),
     h("td", {}, stateBadge(job.state)),
     h("td", {}, progressBar(job.progress, `${job.step}/${job.total_steps}`),
@@ -79,7 +80,7 @@ function startedBy(job, tag, look = "", prefix = "") {
 }
 
 function resultText(job) {
-  if (job.state === "succeeded") return h("span", {}, "promoted ", h("code", {}, job.candidate_version));
+  if (job.state === "succeeded") return h("span", {}, "promoted ", idCode(job.candidate_version));
   if (job.state === "rejected") return `rejected: ${(job.report.reasons || []).length} reason(s)`;
   if (job.state === "failed") return job.error ? `${job.error.type}` : "failed";
   return "";
@@ -99,10 +100,11 @@ async function allEvents(jobId, signal) {
 }
 
 async function renderJob(section, jobId, ctx) {
-  const [initial, history, datasets] = await Promise.all([
+  const [initial, history, datasets, defaults] = await Promise.all([
     api(`jobs/${jobId}`, { signal: ctx.signal }),
     allEvents(jobId, ctx.signal),
     api("datasets", { signal: ctx.signal }),
+    settingDefaults(),
   ]);
   let job = initial;
   const dataset = datasets.find((d) => d.id === job.dataset_id);
@@ -122,28 +124,30 @@ async function renderJob(section, jobId, ctx) {
       draw();
     }) }, "Cancel job");
   const summary = h("dl", { class: "summary" });
+  const settings = h("div", { class: "settings", id: "job-settings" });
   const progress = h("div", { class: "progress-line", id: "job-progress" });
   const chart = h("div", { id: "loss-chart" });
   const gate = h("div", { id: "gate" });
   section.replaceChildren(
-    h("div", { class: "page-head" }, h("h1", {}, "Job ", h("code", {}, jobId)), badge, cancel),
-    summary, h("h2", {}, "Progress"), progress, h("h2", {}, "Losses"), chart,
+    h("div", { class: "page-head" }, h("h1", {}, "Job ", idCode(jobId)), badge, cancel),
+    summary, h("h2", {}, "Settings"), settings, h("h2", {}, "Progress"), progress, h("h2", {}, "Losses"), chart,
     h("h2", {}, "Gate report"), gate);
 
   function draw() {
     badge.replaceChildren(stateBadge(job.state));
     cancel.hidden = TERMINAL.has(job.state);
     summary.replaceChildren(...[
-      ["dataset", dataset ? `${dataset.name} (${shortId(dataset.id)})` : job.dataset_id],
+      ["dataset", dataset ? [dataset.name, " ", idCode(dataset.id, { short: true })]
+        : idCode(job.dataset_id)],
       ["method", job.method],
-      job.trigger ? ["started by", startedBy(job, "span") || h("code", {}, JSON.stringify(job.trigger))] : null,
-      ["served when it started", job.base_version || "—"],
-      ["candidate", job.candidate_version || "—"],
+      job.trigger ? ["started by", startedBy(job, "span") ||
+        h("code", { class: "json" }, JSON.stringify(job.trigger))] : null,
+      ["served when it started", idCode(job.base_version)],
+      ["candidate", idCode(job.candidate_version, { id: "job-candidate" })],
       ["created / started / finished",
         `${fmtTime(job.created_at)} / ${fmtTime(job.started_at)} / ${fmtTime(job.finished_at)}`],
-      ["hyper-parameters", h("code", {}, JSON.stringify(job.hparams))],
-      ["gate policy", h("code", {}, JSON.stringify(job.gate))],
     ].filter(Boolean).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    settings.replaceChildren(...settingsTables(job, defaults));
     progress.replaceChildren(progressBar(job.progress, `${job.step}/${job.total_steps}`),
       h("span", { class: "progress-text" },
         ` step ${job.step} of ${job.total_steps} (${(job.progress * 100).toFixed(0)}%)`,
@@ -214,7 +218,7 @@ function gateReport(job) {
   });
   const verdict = report.passed && !report.superseded
     ? h("p", { class: "verdict pass" }, "passed", job.candidate_version
-      ? h("span", {}, ": promoted as ", h("code", {}, job.candidate_version)) : "")
+      ? h("span", {}, ": promoted as ", idCode(job.candidate_version)) : "")
     : h("p", { class: "verdict fail" }, report.passed ? "passed, not promoted" : "rejected");
   out.push(verdict, h("table", { class: "list", id: "gate-table" },
     h("thead", {}, h("tr", {}, ["Dataset", "Kind", "Images", "Before", "After", "Delta", "Result"]

@@ -2,7 +2,7 @@
 // which one is served; activate or roll back (admin, after a confirm dialog).
 
 import { api } from "./api.js";
-import { confirmDialog, fmtNumber, fmtTime, h, notify } from "./dom.js";
+import { confirmDialog, fmtNumber, fmtTime, h, idCode, notify } from "./dom.js";
 
 export async function render(section, _args, ctx) {
   const models = await api("models", { signal: ctx.signal });
@@ -10,7 +10,8 @@ export async function render(section, _args, ctx) {
   section.replaceChildren(
     h("div", { class: "page-head" }, h("h1", {}, "Models"),
       h("span", { class: "muted" }, `${models.versions.length} versions · serving `,
-        h("code", { id: "serving-version" }, models.serving || "none"),
+        models.serving ? idCode(models.serving, { id: "serving-version" })
+          : h("code", { id: "serving-version" }, "none"),
         ` (generation ${models.generation})`,
         models.loaded && models.loaded !== models.serving
           ? ` · this process still has ${models.loaded} loaded` : "")),
@@ -72,9 +73,10 @@ function modelRow(version, depth, served, ctx) {
     dataset: { activate: version.id },
     onclick: (event) => activate(event.currentTarget, version, served, rollback, ctx) },
   rollback ? "Roll back to this" : "Activate");
+  const lineage = version.lineage.length ? `ancestors: ${version.lineage.join(" ← ")}` : "a root";
   return h("tr", { dataset: { version: version.id }, class: version.serving ? "serving" : "" },
-    h("td", { title: version.lineage.length ? `ancestors: ${version.lineage.join(" ← ")}` : "a root" },
-      indent, h("code", {}, version.id)),
+    h("td", { class: "nowrap", title: lineage },
+      indent, idCode(version.id, { title: `${version.id}\n${lineage}` })),
     h("td", {}, version.method || "—"),
     h("td", {}, datasetOf(version)),
     h("td", {}, version.source || (version.report || {}).name || "—"),
