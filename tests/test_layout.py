@@ -37,3 +37,43 @@ def test_a_cycle_through_function_level_imports_is_reported(tmp_path):
              for name, path in known.items()}
     assert graph["records.a"] == {"records.b": 2}
     assert check_layout.cycles(graph) == [["records.a", "records.b"]]
+
+
+def test_a_loop_between_packages_is_reported_even_where_each_import_is_allowed(monkeypatch):
+    # the loop zscl_cli -> zscl_bench -> zscl_cli, with both directions allowed on purpose
+    monkeypatch.setitem(check_layout.ALLOWED, "zscl_bench",
+                        check_layout.ALLOWED["zscl_bench"] | {"zscl_cli"})
+    known = {name: ROOT / "x.py" for name in ("zscl_cli.main", "zscl_cli.jobs", "zscl_bench.cli")}
+    graph = {"zscl_cli.main": {"zscl_bench.cli": 5}, "zscl_bench.cli": {"zscl_cli.jobs": 9},
+             "zscl_cli.jobs": {}}
+    assert check_layout.layer_violations(graph, known) == []
+    assert check_layout.cycles(graph) == []  # no loop between modules: only between packages
+    assert check_layout.cycles(check_layout.package_graph(graph)) == [["zscl_bench", "zscl_cli"]]
+
+
+def test_zscl_bench_importing_zscl_cli_is_refused():
+    known = {name: ROOT / "x.py" for name in ("zscl_bench.cli", "zscl_cli.jobs")}
+    graph = {"zscl_bench.cli": {"zscl_cli.jobs": 9}, "zscl_cli.jobs": {}}
+    assert check_layout.layer_violations(graph, known) == [
+        "x.py:9: zscl_bench must not import zscl_cli (zscl_cli.jobs)"]
+
+
+def test_the_size_rule_covers_benchmarks_and_zscl_bench(tmp_path, monkeypatch):
+    assert {"benchmarks", "zscl_bench"} <= set(check_layout.SIZED)
+    package = tmp_path / "benchmarks"
+    package.mkdir()
+    # a 61-line function, then blank lines up to 501 lines
+    (package / "big.py").write_text("def f():\n" + "    x = 1\n" * 60 + "\n" * 440)
+    monkeypatch.setattr(check_layout, "ROOT", tmp_path)
+    assert check_layout.size_violations({"benchmarks.big": package / "big.py"}) == [
+        "benchmarks/big.py: 501 lines (at most 500)",
+        "benchmarks/big.py:1: f() is 61 lines (at most 60)"]
+
+
+def test_benchmarks_importing_zscl_cli_is_refused():
+    known = {name: ROOT / "x.py" for name in ("benchmarks.serve_bench.cli", "zscl_cli.main",
+                                              "zscl_bench.cli")}
+    graph = {"benchmarks.serve_bench.cli": {"zscl_bench.cli": 4, "zscl_cli.main": 9},
+             "zscl_cli.main": {}, "zscl_bench.cli": {}}
+    assert check_layout.layer_violations(graph, known) == [
+        "x.py:9: benchmarks must not import zscl_cli (zscl_cli.main)"]

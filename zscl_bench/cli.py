@@ -16,19 +16,21 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from zscl_core import (ReferenceSet, ZSCLError, default_reference_texts, load_model,
+from zscl_core import (LoadedModel, ReferenceSet, ZSCLError, default_reference_texts, load_model,
                        texts_from_file)
 
 from .features import cut_model, memoize_frozen_text, tower_depth
 from .plots import write_plots
 from .reference import reference_items
 from .report import PAPER_NAMES, matrix_table, metrics_table
-from .runner import ALL_METHODS, BenchConfig, ProgressEvent, prepare_task, run_mtil
+from .runner import (ALL_METHODS, BenchConfig, MTILResult, PreparedTask, ProgressEvent, prepare_task,
+                     run_mtil)
 from .runner.mtil import TensorImages
 from .tasks import DEFAULT_SEQUENCE, LoadOptions, load_task
 from .updates import (TOUR_HPARAMS, UpdatesBenchConfig, run_updates, summary_table, updates_table,
@@ -146,7 +148,7 @@ def _add_updates_parser(sub) -> None:
                    help=f"uploaded test images per class of each task ({defaults.test_per_class})")
     p.add_argument("--suite-per-class", type=int, default=defaults.suite_per_class,
                    help=f"images per class of the zero-shot suite ({defaults.suite_per_class})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                    help="a job hyper-parameter, as 'zscl job create --set' takes it (default: "
                         + " ".join(f"{k}={v}" for k, v in defaults.hparams.items()) + ")")
     p.add_argument("--seed", type=int, default=0,
@@ -169,9 +171,7 @@ def _run_updates(args: argparse.Namespace) -> int:
         sys.stdout.write(summary_table(record) + "\n\n" + updates_table(record) + "\n")
         return 0
 
-    from zscl_cli.jobs import parse_values  # what `zscl job create --set` reads
-
-    hparams = {**TOUR_HPARAMS, **parse_values(args.set)}
+    hparams = {**TOUR_HPARAMS, **dict(args.set)}
     config = UpdatesBenchConfig(
         tasks=tuple(args.tasks or UpdatesBenchConfig().tasks), suite=args.suite,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
@@ -197,6 +197,18 @@ def _run_updates(args: argparse.Namespace) -> int:
     sys.stdout.write(summary_table(record) + "\n\n" + updates_table(record) + "\n")
     sys.stdout.write(f"wrote {', '.join(str(p) for p in paths)}\n")
     return 0
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """One ``--set KEY=VALUE``, read as ``zscl job create --set`` reads it: the value as JSON
+    (6, 1e-5, true, "x"), else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -248,18 +260,48 @@ class _Bar:
         self.bar.close()
 
 
+class _Prepared(NamedTuple):
+    """What every method of an mtil run starts from."""
+
+    loaded: LoadedModel  # cut and its text memoised as the run asks
+    model_source: str
+    tasks: list[PreparedTask]  # in order
+    reference: ReferenceSet
+
+
 def _run(args: argparse.Namespace) -> int:
     values = _resolve(args)
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     lr_grid = _floats(values["lr_grid"]) if isinstance(values["lr_grid"], str) else values["lr_grid"]
-    config = BenchConfig(
+    config = _bench_config(args, values, lr_grid)
+    started = time.perf_counter()
+    prepared = _prepare(args, values, config)
+    prep_s = time.perf_counter() - started
+    result = _train(args, prepared, config, lr_grid)
+    wall = time.perf_counter() - started
+    _print_tables(result, wall)
+    record = _record(args, values, config, lr_grid, prepared, result,
+                     {"prepare_s": prep_s, "total_s": wall})
+    (args.out / "results.json").write_text(json.dumps(record, indent=2))
+    plots = write_plots(result.matrices, result.tasks, args.out)
+    (args.out / "partial.json").unlink(missing_ok=True)
+    sys.stdout.write(f"wrote {args.out / 'results.json'} and {len(plots)} plots in {args.out}\n")
+    return 0
+
+
+def _bench_config(args: argparse.Namespace, values: dict, lr_grid: tuple[float, ...]) -> BenchConfig:
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    return BenchConfig(
         methods=methods, steps=values["steps"], lr=args.lr, lr_grid=lr_grid,
         select_steps=values["select_steps"], val_fraction=args.val_fraction, seed=args.seed,
         device=args.device,
         update={"batch_size": values["batch_size"], "ref_batch_size": values["ref_batch_size"],
                 "ensemble_every": values["ensemble_every"], "trainable": values["trainable"],
                 "warmup_steps": max(1, values["steps"] // 10)})
-    started = time.perf_counter()
+
+
+def _prepare(args: argparse.Namespace, values: dict, config: BenchConfig) -> _Prepared:
+    """The initial model, the tasks and the reference set, seeded by ``--seed``. A preset's
+    ``train_blocks`` is lowered in ``values`` where the tower is shallower."""
     torch.manual_seed(args.seed)
     loaded, model_source = _load_initial(args)
     trunk = None
@@ -276,14 +318,23 @@ def _run(args: argparse.Namespace) -> int:
     specs = args.tasks or list(DEFAULT_SEQUENCE)
     tasks = [prepare_task(load_task(spec, options), loaded.preprocess_val, config.val_fraction,
                           args.seed, trunk=trunk, device=args.device) for spec in specs]
+    return _Prepared(loaded, model_source, tasks, _reference_set(args, values, loaded, trunk))
+
+
+def _reference_set(args: argparse.Namespace, values: dict, loaded: LoadedModel, trunk) -> ReferenceSet:
     texts = texts_from_file(args.reference_texts) if args.reference_texts else default_reference_texts()
     if values["reference_text_count"] and values["reference_text_count"] < len(texts):
         texts = sorted(random.Random(args.seed).sample(list(texts), values["reference_text_count"]))
     ref_items = reference_items(args.reference_images, values["reference_count"], args.seed)
-    reference = ReferenceSet(TensorImages.from_items(ref_items, loaded.preprocess_val, trunk=trunk,
-                                                     device=args.device), texts)
-    prep_s = time.perf_counter() - started
+    return ReferenceSet(TensorImages.from_items(ref_items, loaded.preprocess_val, trunk=trunk,
+                                                device=args.device), texts)
 
+
+def _train(args: argparse.Namespace, prepared: _Prepared, config: BenchConfig,
+           lr_grid: tuple[float, ...]) -> MTILResult:
+    """Every method through the tasks under one progress bar; the matrices finished so far are
+    kept in ``--out``/partial.json, so that a run cut short leaves them behind."""
+    tasks = prepared.tasks
     n_select = 0 if (args.lr is not None or len(lr_grid) == 1) else len(lr_grid) * len(tasks)
     total = config.steps * len(tasks) * len(config.trained_methods) + config.select_steps * n_select
     bar = _Bar(total, len(tasks), args.no_progress)
@@ -291,49 +342,49 @@ def _run(args: argparse.Namespace) -> int:
     partial: dict[str, list[list[float]]] = {}
 
     def save_partial(method: str, matrix: list[list[float]]) -> None:
-        partial[method] = matrix  # a run cut short still leaves the finished methods behind
+        partial[method] = matrix
         (args.out / "partial.json").write_text(json.dumps(
             {"tasks": [p.name for p in tasks], "matrices": partial}, indent=1))
 
     try:
         with logging_redirect_tqdm():
-            result = run_mtil(loaded, tasks, config, reference=reference, on_event=bar,
-                              on_matrix=save_partial)
+            return run_mtil(prepared.loaded, tasks, config, reference=prepared.reference, on_event=bar,
+                            on_matrix=save_partial)
     finally:
         bar.close()
-    wall = time.perf_counter() - started
 
-    names = result.tasks
+
+def _print_tables(result: MTILResult, wall: float) -> None:
     out = sys.stdout
     out.write("\n## Transfer / Avg. / Last (%)\n\n" + metrics_table(result.metrics) + "\n")
     for method, matrix in result.matrices.items():
         out.write(f"\n### {PAPER_NAMES.get(method, method)}: accuracy matrix (%)\n\n"
-                  + matrix_table(matrix, names) + "\n")
+                  + matrix_table(matrix, result.tasks) + "\n")
     out.write(f"\nlearning rates (chosen on validation): {result.learning_rates}\n")
     out.write(f"wall time: {wall / 60:.1f} min\n")
 
-    record = {
+
+def _record(args: argparse.Namespace, values: dict, config: BenchConfig, lr_grid: tuple[float, ...],
+            prepared: _Prepared, result: MTILResult, timing: dict[str, float]) -> dict:
+    """results.json: the command, the settings, the tasks and every figure of the run."""
+    return {
         "command": "zscl bench " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
-        "model": model_source,
+        "model": prepared.model_source,
         "config": {**config.to_dict(), **values, "lr_grid": list(lr_grid),
                    "reference_images": args.reference_images,
                    "reference_texts": args.reference_texts or "ImageNet-1k class names, "
                                                                "'a photo of a {}.'",
-                   "reference_text_count": len(texts)},
-        "tasks": [p.task.summary() | {"train_used": len(p.train), "val": len(p.val)} for p in tasks],
+                   "reference_text_count": len(prepared.reference.texts)},
+        "tasks": [p.task.summary() | {"train_used": len(p.train), "val": len(p.val)}
+                  for p in prepared.tasks],
         "matrices": result.matrices,
         "metrics": result.metrics,
         "learning_rates": result.learning_rates,
         "lr_selection_val_accuracy": result.selection,
-        "timing": {**result.timing, "prepare_s": prep_s, "total_s": wall},
+        "timing": {**result.timing, **timing},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "device": args.device},
     }
-    (args.out / "results.json").write_text(json.dumps(record, indent=2))
-    plots = write_plots(result.matrices, names, args.out)
-    (args.out / "partial.json").unlink(missing_ok=True)
-    out.write(f"wrote {args.out / 'results.json'} and {len(plots)} plots in {args.out}\n")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

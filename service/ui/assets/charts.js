@@ -72,9 +72,9 @@ function lossChart(name, points, totalSteps, colour, { width = 340, height = 170
   const maxX = Math.max(totalSteps || 0, ...points.map((p) => p[0]), 1);
   let lo = Math.min(...points.map((p) => p[1]));
   let hi = Math.max(...points.map((p) => p[1]));
-  if (!(hi - lo > 1e-9 * Math.abs(hi))) { // flat: a band around the value
-    const pad = Math.abs(hi) / 10 || 0.5;
-    lo -= pad;
+  if (!(hi - lo > 1e-9 * Math.abs(hi))) { // flat: a band around the value (never below 0 for
+    const pad = Math.abs(hi) / 10 || 0.5; // a loss that is not negative)
+    lo = lo >= 0 ? Math.max(0, lo - pad) : lo - pad;
     hi += pad;
   }
   const yAxis = niceTicks(lo, hi, 3);
