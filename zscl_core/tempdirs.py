@@ -19,11 +19,21 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "locked_temp_dir", "remove_unlocked_temp_dirs"]
+__all__ = ["TMP_PREFIX", "fsync_path", "locked_temp_dir", "remove_unlocked_temp_dirs"]
 
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a directory's entries to disk (a directory after a rename into it, so
+    the rename survives a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

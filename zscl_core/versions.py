@@ -39,7 +39,7 @@ from torch import nn
 from .errors import VersionIntegrityError
 from .models import MANIFEST_NAME, LoadedModel, build_from_spec
 from .specs import DEFAULT_MAX_MODEL_BYTES
-from .tempdirs import locked_temp_dir
+from .tempdirs import fsync_path, locked_temp_dir
 
 __all__ = ["save_version", "load_version", "read_manifest", "list_versions", "sha256_file",
            "CHECKSUMS_NAME", "WEIGHTS_NAME"]
@@ -56,14 +56,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_version(root: str | Path, model: nn.Module, spec: dict[str, Any], *,
@@ -99,12 +91,12 @@ def save_version(root: str | Path, model: nn.Module, spec: dict[str, Any], *,
         sums = {MANIFEST_NAME: sha256_file(tmp / MANIFEST_NAME), WEIGHTS_NAME: digest}
         (tmp / CHECKSUMS_NAME).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
         for path in (weights, tmp / MANIFEST_NAME, tmp / CHECKSUMS_NAME, tmp):
-            _fsync_path(path)
+            fsync_path(path)
         final = root / version_id
         if final.exists():
             raise FileExistsError(f"version {version_id} already exists in {root}")
         os.rename(tmp, final)
-        _fsync_path(root)
+        fsync_path(root)
     logger.info("saved version %s (parent %s)", version_id, parent)
     return version_id
 

@@ -23,7 +23,7 @@ from typing import BinaryIO
 from zscl_core import LabelledImages, scan_image_folder
 from zscl_core.data import class_name_from_folder
 from zscl_core.errors import DatasetError
-from zscl_core.tempdirs import locked_temp_dir, remove_unlocked_temp_dirs
+from zscl_core.tempdirs import fsync_path, locked_temp_dir, remove_unlocked_temp_dirs
 
 from ..errors import DatasetTooLarge
 from .archive import Budget, IngestLimits, check_content_type, detect_archive, extract_tar, extract_zip
@@ -242,14 +242,6 @@ def _remove_unlocked_spool(path: Path) -> int:
 # building and publishing
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _build(entries, split_kind: str, built: Path, limits: IngestLimits, filename: str) -> dict:
     """Write the normalised tree into ``built`` and return its dataset.json content."""
     suffix: dict[bytes, str] = {}
@@ -307,7 +299,7 @@ def _publish(built: Path, store_root: Path, info: dict) -> IngestedDataset:
             raise
         logger.info("dataset %s already stored; discarding the duplicate upload", info["dataset_id"])
         return read_dataset(final, deduplicated=True)
-    _fsync_dir(store_root)
+    fsync_path(store_root)
     logger.info("stored dataset %s: %d classes, %d train / %d test images", info["dataset_id"],
                 len(info["classnames"]), sum(info["train_counts"].values()), sum(info["test_counts"].values()))
     return read_dataset(final)
