@@ -15,7 +15,7 @@ else to the test's tmp_path, named as in docs/img: ``dashboard-<page>.png`` (the
 dashboard-job, -models, -try and -feedback).
 
 Layout is checked where a user saw it break: no id wraps onto a second line, every axis label
-of a loss chart lies inside its chart (an l2 term of ~1e-5 once showed as "000070"), the
+of a loss chart lies inside its chart (an l2 term of 7e-5 once showed as "000070"), the
 settings are tables with the defaults marked, and an action the API would refuse (a dataset a
 job trained on marked as a suite) is disabled with the reason as its tooltip.
 """

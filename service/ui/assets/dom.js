@@ -38,10 +38,8 @@ export function progressBar(fraction, label) {
 
 export const shortId = (id) => (id && id.length > 12 ? id.slice(0, 12) : id ?? "—");
 
-/**
- * An id (a version, job or dataset) on one line, in monospace: cut short with `short`, or by
- * an ellipsis where its box is narrower (style.css `code.id`); the whole id is its title.
- */
+/** An id (a version, job or dataset) on one line, in monospace; `short`: its first 12
+ * characters, the whole id in its title. */
 export function idCode(id, { short = false, ...attrs } = {}) {
   if (!id) return "—";
   return h("code", { class: "id", title: id, ...attrs }, short ? shortId(id) : id);

@@ -61,8 +61,9 @@ function hparamsPanel(hparams, fallback) {
   const body = rows.slice(0, half).map((row, i) =>
     h("tr", {}, cells(row), rows[half + i] ? cells(rows[half + i]) : h("td", { colspan: 2 })));
   return h("section", { class: "panel settings-panel" },
-    h("h3", {}, "Hyper-parameters ", h("span", { class: "muted small" },
-      `${rows.filter((r) => !r.isDefault).length} set, the rest UpdateConfig's defaults`)),
+    h("h3", {}, "Hyper-parameters ", h("span", { class: "muted small" }, Object.keys(fallback).length
+      ? `${rows.filter((r) => !r.isDefault).length} set, the rest UpdateConfig's defaults`
+      : "(the defaults could not be read from /openapi.json)")),
     h("table", { class: "kv", id: "hparams-table" }, h("tbody", {}, body)));
 }
 
