@@ -134,8 +134,10 @@ def test_cached_requests_keep_their_latency_while_heavy_builds_run(slow_dir):
         assert len(busy) >= 10, f"the heavy requests ended before 10 cached ones ({busy})"
     idle_ms, worst_ms = statistics.median(idle) * 1e3, max(busy) * 1e3
     # each heavy head takes over a second of a core: a cached request that waited behind even
-    # one build (as every request did once asyncio's default pool was full) would show it
-    assert worst_ms < 2 * idle_ms + 100, f"cached: {idle_ms:.1f} ms idle, up to {worst_ms:.1f} ms busy"
+    # one build (as every request did once asyncio's default pool was full) would show it. The
+    # slack is half a build, not less: on a loaded CI machine a cached request alone has taken
+    # 124 ms (3.5 ms idle), which is the machine, not the service.
+    assert worst_ms < 2 * idle_ms + 500, f"cached: {idle_ms:.1f} ms idle, up to {worst_ms:.1f} ms busy"
 
 
 def test_heavy_requests_beyond_the_build_queue_get_429_with_retry_after(slow_dir):
