@@ -7,6 +7,8 @@
 - No import cycle between modules, counting imports inside functions too, nor between packages
   (``zscl_cli`` runs ``zscl bench``, so ``zscl_bench`` must not import ``zscl_cli``).
 - No module over 500 lines, no function over 60 lines (tests excepted).
+- Every public function and class (and public method of a public class) of a package in
+  ``DOCUMENTED`` has a docstring.
 
 Run ``python scripts/check_layout.py``; it prints each violation and exits 1 if there is any.
 """
@@ -33,6 +35,12 @@ ALLOWED = {
 SIZED = PACKAGES  # every package; tests are not sized
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
+# packages whose public functions and classes need a docstring; records joins once its own are
+# written (issue 23: another engineer is editing records/ now)
+DOCUMENTED = ("service", "zscl_cli")
+# modules of a DOCUMENTED package let off for now: zscl_cli/demo.py is being edited by another
+# engineer (cmd_demo, add_demo); drop it from here once they have docstrings
+NOT_YET_DOCUMENTED = frozenset({"zscl_cli.demo"})
 
 
 def module_name(path: Path) -> str:
@@ -157,6 +165,42 @@ def size_violations(known: dict[str, Path]) -> list[str]:
     return out
 
 
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def public_definitions(tree: ast.Module) -> Iterator[tuple[ast.AST, str]]:
+    """Module-level functions and classes whose name does not start with ``_``, and the public
+    methods of those classes (dunders and property setters or deleters excepted), with names."""
+    for node in tree.body:
+        if not isinstance(node, _DEFINITIONS) or node.name.startswith("_"):
+            continue
+        yield node, node.name
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if (isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        and not item.name.startswith("_") and not _is_setter(item)):
+                    yield item, f"{node.name}.{item.name}"
+
+
+def _is_setter(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """``@x.setter`` or ``@x.deleter``: the property's getter carries the docstring."""
+    return any(isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter")
+               for d in node.decorator_list)
+
+
+def missing_docstrings(known: dict[str, Path]) -> list[str]:
+    """The public functions and classes of the ``DOCUMENTED`` packages that have no docstring."""
+    out = []
+    for name, path in known.items():
+        if name.split(".")[0] not in DOCUMENTED or name in NOT_YET_DOCUMENTED:
+            continue
+        where = path.relative_to(ROOT)
+        for node, qualname in public_definitions(ast.parse(path.read_text(), str(path))):
+            if not (ast.get_docstring(node) or "").strip():
+                out.append(f"{where}:{node.lineno}: {qualname} has no docstring")
+    return out
+
+
 def check() -> list[str]:
     known = project_modules()
     graph: dict[str, dict[str, int]] = {}
@@ -168,6 +212,7 @@ def check() -> list[str]:
     problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
     problems += [f"package loop: {' <-> '.join(c)}" for c in cycles(package_graph(graph))]
     problems += size_violations(known)
+    problems += missing_docstrings(known)
     return problems
 
 

@@ -24,6 +24,8 @@ __all__ = ["Limits", "Classification", "Classifier", "check_label_set"]
 
 @dataclass(frozen=True)
 class Limits:
+    """The caps a classify request is checked against (the ZSCL_MAX_* settings)."""
+
     max_labels: int
     max_batch_images: int
     max_image_pixels: int
@@ -74,6 +76,8 @@ async def _watch(disconnected: Callable[[], Awaitable[bool]], gone: threading.Ev
 
 @dataclass
 class Classification:
+    """What one classify call returns: each image's ranked labels, from one version."""
+
     version: str
     names: list[str]
     ranked: list[list[tuple[str, float]]]  # per image: (label, probability), best first
@@ -109,6 +113,7 @@ class Classifier:
         return labels, templates, bool(keep)
 
     def check_batch(self, n_images: int) -> None:
+        """Refuse an empty batch, or one over ``max_batch_images``, before any image is decoded."""
         if n_images < 1:
             raise InvalidRequest("send at least one image")
         if n_images > self.limits.max_batch_images:

@@ -25,6 +25,8 @@ __all__ = ["Services", "build_services"]
 
 @dataclass
 class Services:
+    """Everything a request needs, built once per app by :func:`build_services` (``ServicesDep``)."""
+
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]

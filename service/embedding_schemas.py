@@ -26,16 +26,22 @@ class EmbedJSON(BaseModel):
 
 
 class ImageEmbedding(BaseModel):
+    """One image's embedding, under the name the request gave it."""
+
     name: str
     embedding: list[float] | str = Field(description="L2-normalised; " + _ENCODING_HELP)
 
 
 class TextEmbedding(BaseModel):
+    """One text's embedding, beside the text."""
+
     text: str
     embedding: list[float] | str = Field(description="L2-normalised; " + _ENCODING_HELP)
 
 
 class EmbeddingsResponse(BaseModel):
+    """The answer of POST /v1/embeddings: each image's and text's vector, from one model version."""
+
     model_version: str = Field(description="the version whose image AND text encoders answered")
     dim: int = Field(description="the length of every embedding")
     encoding: Encoding

@@ -59,6 +59,8 @@ TEXT_CACHE_ENTRIES = 16  # requests' text embeddings kept by the embedder's own 
 
 @dataclass(frozen=True)
 class EmbedLimits:
+    """The caps an embeddings request is checked against (the ZSCL_MAX_* settings)."""
+
     max_batch_images: int
     max_image_pixels: int
     max_texts: int
@@ -67,6 +69,8 @@ class EmbedLimits:
 
 @dataclass
 class Embeddings:
+    """What one embed call returns: image and text features from one version, on the host."""
+
     version: str
     names: list[str]
     images: torch.Tensor  # (len(names), dim) float32, on the host
@@ -76,6 +80,7 @@ class Embeddings:
 
     @property
     def dim(self) -> int:
+        """The length of every vector, read from the images or, with none, the texts."""
         return (self.images if len(self.names) else self.text_features).shape[1]
 
 

@@ -83,6 +83,7 @@ class FeedbackService:
 
     def make_dataset(self, label_set: str, *, min_per_class: int, test_fraction: float,
                      seed: int, origin: dict[str, Any] | None = None) -> FeedbackDataset:
+        """Build a dataset from a label set's answered images (the from-feedback route and auto-updates)."""
         return build_feedback_dataset(self.sessions, self.settings, self.store, label_set,
                                       min_per_class=min_per_class, test_fraction=test_fraction,
                                       seed=seed, origin=origin)

@@ -14,6 +14,8 @@ __all__ = ["FeedbackIn", "FeedbackOut", "FeedbackSent", "FeedbackList", "FromFee
 
 
 class FeedbackIn(BaseModel):
+    """An answer to a kept prediction: its id and the true label."""
+
     prediction_id: str = Field(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$",
                                description="from a classify response that kept its images")
     label: str = Field(min_length=1, max_length=256, description="the true label: one of the "
@@ -21,6 +23,8 @@ class FeedbackIn(BaseModel):
 
 
 class FeedbackOut(BaseModel):
+    """One answer on record, beside what the model predicted."""
+
     prediction_id: str
     label: str = Field(description="the true label, as the user said")
     correct: bool = Field(description="whether the prediction's top label was the true one")
@@ -34,11 +38,15 @@ class FeedbackOut(BaseModel):
 
 
 class FeedbackSent(FeedbackOut):
+    """The answer just recorded, and the update job it started, if any."""
+
     auto_update_job: JobOut | None = Field(None, description="the job this answer started, when "
                                            "it completed the label set's auto-update policy")
 
 
 class FeedbackList(BaseModel):
+    """A page of answers, newest first, with counts and live accuracy."""
+
     summary: dict[str, Any] = Field(description="items, confirmed, corrected, new; per_label "
                                     "counts; versions: live accuracy {items, correct, accuracy} "
                                     "of every version that made an answered prediction")
@@ -46,6 +54,8 @@ class FeedbackList(BaseModel):
 
 
 class FromFeedbackIn(BaseModel):
+    """Which label set's answers to turn into a dataset, and how to split it."""
+
     label_set: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     min_per_class: int = Field(1, ge=1, le=100_000, description="classes with fewer answered "
                                "images are left out")
@@ -54,6 +64,8 @@ class FromFeedbackIn(BaseModel):
 
 
 class FromFeedbackOut(DatasetOut):
+    """The dataset built from feedback, with the answers in it and the labels left out."""
+
     items: int = Field(description="answered images in the dataset")
     per_class: dict[str, int]
     skipped_labels: list[str] = Field(description="labels that cannot name a dataset class "

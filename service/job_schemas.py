@@ -16,6 +16,8 @@ __all__ = ["DatasetOut", "SuiteIn", "HParamsIn", "GateIn", "JobIn", "JobOut", "J
 
 
 class DatasetOut(BaseModel):
+    """A stored dataset: its classes, split sizes, and whether gates evaluate on it."""
+
     id: str
     name: str
     sha256: str
@@ -34,6 +36,8 @@ class DatasetOut(BaseModel):
 
 
 class SuiteIn(BaseModel):
+    """Whether a dataset is a zero-shot evaluation suite."""
+
     suite: bool = True
 
 
@@ -86,6 +90,8 @@ class JobIn(BaseModel):
 
 
 class JobOut(BaseModel):
+    """An update job: its request, state and progress, and its gate report and versions once run."""
+
     id: str
     state: str
     dataset_id: str
@@ -111,6 +117,8 @@ class JobOut(BaseModel):
 
 
 class JobEventOut(BaseModel):
+    """One entry of a job's event log."""
+
     id: int
     at: datetime
     kind: str
@@ -118,5 +126,7 @@ class JobEventOut(BaseModel):
 
 
 class JobEventsOut(BaseModel):
+    """A page of a job's events, and where the next page starts."""
+
     events: list[JobEventOut]
     next_after: int = Field(description="pass as ?after= to get the next page")

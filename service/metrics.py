@@ -156,9 +156,11 @@ class Metrics:
             self.live_items.labels(version).set(score["items"])
 
     def on_head_built(self, cause: str, seconds: float) -> None:
+        """The model holder's callback: time one text-head build, by what caused it."""
         self.head_build.labels(cause).observe(seconds)
 
     def on_swap(self, old, new, trigger: str) -> None:
+        """The model holder's callback after a swap: mark the served version and count the swap."""
         if old is not None:
             self.served.labels(old.version).set(0)
         self.served.labels(new.version).set(1)

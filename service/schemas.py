@@ -76,6 +76,8 @@ def check_templates(templates: list[str] | None) -> list[str] | None:
 
 
 class ImageIn(BaseModel):
+    """An image in a JSON request: base64 data and an optional name."""
+
     data: str = Field(description="the encoded image file (PNG, JPEG, ...), base64")
     name: str | None = Field(None, description="a name to report back (default image-<index>)")
 
@@ -93,11 +95,15 @@ class ClassifyJSON(BaseModel):
 
 
 class LabelScore(BaseModel):
+    """One candidate label and its probability."""
+
     label: str
     probability: float
 
 
 class ImagePrediction(BaseModel):
+    """One image's ranked labels, and its prediction id when the image was kept."""
+
     image: str
     labels: list[LabelScore]
     prediction_id: str | None = Field(None, description="when the image was kept: send the true "
@@ -105,6 +111,8 @@ class ImagePrediction(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    """The answer of POST /v1/classify: each image's ranked labels, from one model version."""
+
     model_version: str = Field(description="the version whose image AND text encoders answered")
     results: list[ImagePrediction]
     time_ms: float
@@ -125,6 +133,8 @@ class AutoUpdateIn(BaseModel):
 
 
 class LabelSetIn(BaseModel):
+    """A label set to store: its labels, templates and feedback settings."""
+
     classnames: list[str] = Field(min_length=1, description="unique labels, as classify accepts "
                                   "them (at most ZSCL_MAX_LABELS)")
     templates: list[str] | None = Field(None, description="each with one '{}' (at most "
@@ -137,6 +147,8 @@ class LabelSetIn(BaseModel):
 
 
 class LabelSetOut(BaseModel):
+    """A stored label set, as classify uses it."""
+
     name: str
     classnames: list[str]
     templates: list[str] | None
@@ -147,6 +159,8 @@ class LabelSetOut(BaseModel):
 
 
 class ModelOut(BaseModel):
+    """A model version: where it came from, its metrics and gate report, and whether it is served."""
+
     id: str
     parent: str | None
     created_at: datetime
@@ -159,6 +173,8 @@ class ModelOut(BaseModel):
 
 
 class ModelsOut(BaseModel):
+    """Every model version, with the served one and the one this process has loaded."""
+
     serving: str | None
     generation: int
     loaded: str | None = Field(description="the version this process has in memory")
@@ -166,6 +182,8 @@ class ModelsOut(BaseModel):
 
 
 class ActivateOut(BaseModel):
+    """The result of activating a version: the one now served and the one before."""
+
     version: str
     previous: str | None
     generation: int
@@ -173,6 +191,8 @@ class ActivateOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    """A health probe's answer: the status and, once ready, the served version."""
+
     status: str
     model_version: str | None = None
     detail: str | None = None

@@ -236,6 +236,7 @@ class ModelHolder:
 
     @property
     def current(self) -> ServedModel | None:
+        """The served model, or None while none is ready (``/readyz``); requests use :meth:`require`."""
         return self._current
 
     def require(self) -> ServedModel:

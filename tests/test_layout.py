@@ -77,3 +77,24 @@ def test_benchmarks_importing_zscl_cli_is_refused():
              "zscl_cli.main": {}, "zscl_bench.cli": {}}
     assert check_layout.layer_violations(graph, known) == [
         "x.py:9: benchmarks must not import zscl_cli (zscl_cli.main)"]
+
+
+def test_a_public_definition_without_a_docstring_is_reported(tmp_path, monkeypatch):
+    for package in ("service", "records"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "m.py").write_text(
+            "def f():\n    pass\n\n\n"
+            "def _private():\n    pass\n\n\n"
+            "class C:\n    \"\"\"Documented.\"\"\"\n\n"
+            "    def run(self):\n        pass\n\n"
+            "    def _helper(self):\n        pass\n\n"
+            "    def __init__(self):\n        pass\n")
+    known = {"service.m": tmp_path / "service" / "m.py", "records.m": tmp_path / "records" / "m.py"}
+    monkeypatch.setattr(check_layout, "ROOT", tmp_path)
+    monkeypatch.setattr(check_layout, "DOCUMENTED", ("service",))
+    missing = ["m.py:1: f has no docstring", "m.py:12: C.run has no docstring"]
+    assert check_layout.missing_docstrings(known) == [f"service/{line}" for line in missing]
+    # records is checked once DOCUMENTED names it
+    monkeypatch.setattr(check_layout, "DOCUMENTED", ("service", "records"))
+    assert check_layout.missing_docstrings(known) == [f"{package}/{line}" for package in
+                                                      ("service", "records") for line in missing]

@@ -19,6 +19,7 @@ def _line(d: dict) -> str:
 
 
 def cmd_dataset_upload(args) -> int:
+    """``zscl dataset upload``: send an archive to the server as a dataset and say what it stored."""
     path = Path(args.archive)
     content_type = _CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
     params = {"name": args.name or path.name.split(".")[0], "suite": str(args.suite).lower(),
@@ -33,6 +34,7 @@ def cmd_dataset_upload(args) -> int:
 
 
 def cmd_dataset_list(args) -> int:
+    """``zscl dataset list``: a table of the datasets, or how to upload the first."""
     rows = [(d["id"], d["name"], len(d["classnames"]), d["n_train"], d["n_test"], d["n_eval"],
              "yes" if d["is_suite"] else "no") for d in http.call(args, "GET", "/v1/datasets").json()]
     print_table(("ID", "NAME", "CLASSES", "TRAIN", "TEST", "EVAL", "SUITE"), rows,
@@ -43,6 +45,7 @@ def cmd_dataset_list(args) -> int:
 
 
 def cmd_dataset_show(args) -> int:
+    """``zscl dataset show``: one dataset's checksum, split and classes."""
     d = http.call(args, "GET", f"/v1/datasets/{args.dataset}").json()
     print(_line(d))
     print(f"  sha256 {d['sha256']}, {d['split']} split, created {d['created_at']}")
@@ -51,12 +54,14 @@ def cmd_dataset_show(args) -> int:
 
 
 def cmd_dataset_delete(args) -> int:
+    """``zscl dataset delete``: delete a dataset on the server."""
     http.call(args, "DELETE", f"/v1/datasets/{args.dataset}")
     print(f"dataset {args.dataset} deleted")
     return 0
 
 
 def add_dataset(subparsers) -> None:
+    """Register ``zscl dataset`` and its subcommands on the ``zscl`` parser."""
     p = subparsers.add_parser("dataset", help="upload, list, show or delete labelled datasets")
     sub = p.add_subparsers(dest="dataset_command", required=True)
     up = sub.add_parser("upload", help="upload a zip/tar of <class>/<image> (admin key)")

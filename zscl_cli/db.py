@@ -30,6 +30,7 @@ def _exit_if_refused(exc: Exception) -> None:
 
 
 def cmd_upgrade(args) -> int:
+    """``zscl db upgrade``: apply pending migrations, the explicit step before a rollout."""
     from records import db
 
     engine = _engine()
@@ -49,6 +50,7 @@ def cmd_upgrade(args) -> int:
 
 
 def cmd_current(args) -> int:
+    """``zscl db current``: say where the database's schema stands; with --check, exit 1 when it is behind."""
     from records import db
 
     engine = _engine()
@@ -71,6 +73,7 @@ def cmd_current(args) -> int:
 
 
 def cmd_revision(args) -> int:
+    """``zscl db revision``: write a migration from the difference between the tables and the newest one."""
     from records.migrations import new_revision
 
     try:
@@ -83,6 +86,7 @@ def cmd_revision(args) -> int:
 
 
 def add_db(subparsers) -> None:
+    """Register ``zscl db`` and its subcommands on the ``zscl`` parser."""
     p = subparsers.add_parser("db", help="the database schema: upgrade it or show its revision")
     sub = p.add_subparsers(dest="db_command", required=True)
     sub.add_parser("upgrade", help="apply pending migrations to ZSCL_DATABASE_URL").set_defaults(

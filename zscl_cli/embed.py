@@ -30,6 +30,7 @@ def _line(label: str, embedding: list[float] | str) -> str:
 
 
 def cmd_embed(args) -> int:
+    """``zscl embed``: print a running server's embeddings of image files and texts."""
     if not args.images and not args.text:
         raise SystemExit("give at least one image file or one --text to embed")
     if args.images:  # multipart: the image files as they are
@@ -52,6 +53,7 @@ def cmd_embed(args) -> int:
 
 
 def add_embed(subparsers) -> None:
+    """Register ``zscl embed`` on the ``zscl`` parser."""
     p = subparsers.add_parser("embed", help="image and text embeddings from a running server")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--text", action="append", metavar="TEXT",

@@ -11,11 +11,13 @@ __all__ = ["load_settings", "base_url", "admin_headers", "request", "call", "cli
 
 
 def load_settings():
+    """The ``ZSCL_*`` settings, for the server's address and the database a command uses."""
     from records.settings import Settings
     return Settings()
 
 
 def base_url(args) -> str:
+    """The server a client command talks to: --url, else ZSCL_HOST and ZSCL_PORT."""
     if args.url:
         return args.url.rstrip("/")
     settings = load_settings()
@@ -23,11 +25,13 @@ def base_url(args) -> str:
 
 
 def admin_headers(args) -> dict[str, str]:
+    """The X-API-Key header from --key or ZSCL_ADMIN_KEY; none without a key."""
     key = args.key or os.environ.get("ZSCL_ADMIN_KEY")
     return {"X-API-Key": key} if key else {}
 
 
 def request(method: str, url: str, **kwargs):
+    """Send one HTTP request; exit with the server's message on an error, or a hint if none answers."""
     import httpx
     try:
         response = httpx.request(method, url, timeout=120, **kwargs)
@@ -46,6 +50,7 @@ def request(method: str, url: str, **kwargs):
 
 
 def client_args(parser: argparse.ArgumentParser) -> None:
+    """Add the options every client subcommand takes: --url and --key."""
     parser.add_argument("--url", help="server URL (default http://ZSCL_HOST:ZSCL_PORT)")
     parser.add_argument("--key", help="API key (default $ZSCL_ADMIN_KEY)")
 

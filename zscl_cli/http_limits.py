@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HttpLimits:
+    """The caps :class:`LimitedHttpToolsProtocol` puts on a request head (the ZSCL_HTTP_* settings)."""
+
     max_head_bytes: int
     max_headers: int
     max_target_bytes: int
@@ -42,6 +44,7 @@ class HttpLimits:
 
     @classmethod
     def from_settings(cls, settings) -> HttpLimits:
+        """The limits ``zscl serve`` runs with: the ``http_*`` fields of ``settings`` (ZSCL_HTTP_*)."""
         return cls(max_head_bytes=settings.http_max_head_bytes, max_headers=settings.http_max_headers,
                    max_target_bytes=settings.http_max_target_bytes,
                    head_timeout_s=settings.http_head_timeout_s)
@@ -79,14 +82,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
+        """Start the head timer: a new connection must send its first head in time."""
         super().connection_made(transport)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the head timer, then let uvicorn clean up."""
         self._disarm_head_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """uvicorn's own, plus the count of a head's bytes and the answer to a callback's refusal."""
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)
@@ -111,26 +117,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        """A request's first byte: time its head (on a kept-alive connection too)."""
         super().on_message_begin()
         self._head_begun = True
         self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
+        """Refuse a request target over ``max_target_bytes`` (414)."""
         super().on_url(url)
         if len(self.url) > self.limits.max_target_bytes:
             raise _Refused(414, f"the request target is over {self.limits.max_target_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Refuse more than ``max_headers`` header fields (431)."""
         super().on_header(name, value)
         if len(self.headers) > self.limits.max_headers:
             raise _Refused(431, f"more than {self.limits.max_headers} header fields")
 
     def on_headers_complete(self) -> None:
+        """The head is complete: stop counting and timing it, then hand the request on."""
         self._in_head, self._head_bytes, self._head_begun = False, 0, False
         self._disarm_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        """The request is done: the next bytes begin a new head, counted from zero."""
         self._in_head, self._head_bytes = True, 0
         super().on_message_complete()
 

@@ -54,6 +54,7 @@ def print_job(job: dict) -> None:
 
 
 def cmd_job_create(args) -> int:
+    """``zscl job create``: start an update on a dataset; with --watch, follow it to its end."""
     body = {"dataset_id": args.dataset, "method": args.method, "hparams": parse_values(args.set),
             "gate": parse_values(args.gate), "idempotency_key": args.idempotency_key}
     job = http.call(args, "POST", "/v1/jobs", json=body).json()
@@ -65,6 +66,7 @@ def cmd_job_create(args) -> int:
 
 
 def cmd_job_list(args) -> int:
+    """``zscl job list``: a table of the newest jobs, or how to start the first."""
     jobs = http.call(args, "GET", "/v1/jobs", params={"limit": args.limit}).json()
     rows = [(job["id"], job["state"], f"{job['progress']:.0%}",
              f"{job['eta_s']:.0f}s" if job["eta_s"] and job["state"] not in _TERMINAL else None,
@@ -77,6 +79,7 @@ def cmd_job_list(args) -> int:
 
 
 def cmd_job_show(args) -> int:
+    """``zscl job show``: one job's state and gate table, or its whole record with --json."""
     job = http.call(args, "GET", f"/v1/jobs/{args.job}").json()
     if args.json:
         print(json.dumps(job, indent=2))
@@ -120,6 +123,7 @@ def _watch_lines(snapshots: Iterator[dict], lines: ProgressLines) -> dict:
 
 
 def cmd_job_watch(args) -> int:
+    """``zscl job watch``: follow a job to its end; exit 0 if it succeeded, 2 if refused, else 1."""
     snapshots = _snapshots(args)
     if sys.stdout.isatty():
         job = _watch_bar(snapshots)
@@ -130,6 +134,7 @@ def cmd_job_watch(args) -> int:
 
 
 def cmd_job_cancel(args) -> int:
+    """``zscl job cancel``: ask the server to stop a job."""
     job = http.call(args, "POST", f"/v1/jobs/{args.job}/cancel").json()
     print(f"job {job['id']}: {job['state']}")
     return 0
@@ -155,6 +160,7 @@ def _watch_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_job(subparsers) -> None:
+    """Register ``zscl job`` and its subcommands on the ``zscl`` parser."""
     p = subparsers.add_parser("job", help="create, list, show, watch or cancel update jobs")
     sub = p.add_subparsers(dest="job_command", required=True)
     create = sub.add_parser("create", help="start an update on a dataset (admin key)")

@@ -11,6 +11,7 @@ __all__ = ["add_label_set"]
 
 
 def cmd_list(args) -> int:
+    """``zscl label-set list``: a table of the label sets, or how to create the first."""
     rows = [(s["name"], len(s["classnames"]), "yes" if s.get("keep_images") else "no",
              "on" if s.get("auto_update") else "off", s.get("source"))
             for s in http.call(args, "GET", "/v1/label-sets").json()]
@@ -21,12 +22,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    """``zscl label-set show``: one label set, as the server's JSON."""
     body = http.call(args, "GET", f"/v1/label-sets/{args.name}").json()
     print(json.dumps(body, indent=2))
     return 0
 
 
 def cmd_put(args) -> int:
+    """``zscl label-set put``: create or replace a label set from --labels and --labels-file."""
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if args.labels_file:
         labels += [line.strip() for line in open(args.labels_file, encoding="utf-8") if line.strip()]
@@ -37,12 +40,14 @@ def cmd_put(args) -> int:
 
 
 def cmd_delete(args) -> int:
+    """``zscl label-set delete``: delete a label set on the server."""
     http.call(args, "DELETE", f"/v1/label-sets/{args.name}")
     print(f"label set {args.name} deleted")
     return 0
 
 
 def add_label_set(subparsers) -> None:
+    """Register ``zscl label-set`` and its subcommands on the ``zscl`` parser."""
     p = subparsers.add_parser("label-set", help="list, show, put or delete named label sets")
     sub = p.add_subparsers(dest="label_set_command", required=True)
     sub.add_parser("list", help="every label set").set_defaults(func=cmd_list)

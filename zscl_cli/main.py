@@ -47,6 +47,7 @@ PROCESS_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(messag
 
 
 def cmd_serve(args) -> int:
+    """``zscl serve``: run the API (and, in embedded mode, its worker) until Ctrl-C or SIGTERM."""
     from service.bootstrap import describe_served_model
     settings = load_settings()
     if args.host:
@@ -179,6 +180,7 @@ def _add_serve(subparsers) -> None:
 # -- classify --------------------------------------------------------------------------------
 
 def cmd_classify(args) -> int:
+    """``zscl classify``: send image files to a running server and print each one's ranked labels."""
     files = [("images", (Path(p).name, Path(p).read_bytes())) for p in args.images]
     data: dict[str, object] = {"top_k": str(args.top_k)}
     if args.labels:
@@ -213,6 +215,7 @@ def _add_classify(subparsers) -> None:
 # -- models ----------------------------------------------------------------------------------
 
 def cmd_models_list(args) -> int:
+    """``zscl models list``: the model versions, the served one starred."""
     body = call(args, "GET", "/v1/models").json()
     if args.json:
         print(json.dumps(body, indent=2))
@@ -226,6 +229,7 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_activate(args) -> int:
+    """``zscl models activate``: serve another version (promote or roll back)."""
     body = call(args, "POST", f"/v1/models/{args.version}/activate").json()
     print(f"serving {body['version']} (was {body['previous']}, generation {body['generation']})")
     return 0
@@ -247,6 +251,7 @@ def _add_models(subparsers) -> None:
 # -- bench -----------------------------------------------------------------------------------
 
 def cmd_bench(args) -> int:
+    """``zscl bench``: hand every argument after it to ``zscl_bench``'s own command line."""
     from zscl_bench.cli import main as bench_main  # lazy: written separately, and heavy
     return bench_main(list(args.bench_args)) or 0
 
@@ -266,6 +271,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``zscl`` argument parser, with every subcommand :data:`COMMANDS` adds."""
     parser = argparse.ArgumentParser(prog="zscl", description="Serve CLIP zero-shot classification "
                                      "and keep it learning without forgetting (ZSCL).")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``zscl`` console script: set up logging, run the chosen subcommand, return its exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per client request is noise
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -33,6 +33,7 @@ PID_FILE = "embedded-worker.pid"  # in the data dir, while `zscl serve` runs its
 # -- worker ----------------------------------------------------------------------------------
 
 def cmd_worker(args) -> int:
+    """``zscl worker``: run a Celery worker that takes update jobs one at a time, until stopped."""
     from records.queue import QUEUE
     from worker.app import app
 
@@ -71,6 +72,7 @@ def _stop_orphaned(parent_pid: int) -> None:
 
 
 def add_worker(subparsers) -> None:
+    """Register ``zscl worker`` on the ``zscl`` parser."""
     p = subparsers.add_parser("worker", help="run a Celery worker for update jobs (one per GPU)")
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo"],
                    help="prefork: the job runs in a child process (default)")

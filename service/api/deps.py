@@ -25,6 +25,7 @@ _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
 
 
 async def get_services(request: Request) -> Services:
+    """The app's :class:`Services`, built once at startup, for routes to declare as ``ServicesDep``."""
     return request.app.state.services
 
 
@@ -32,6 +33,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def get_db(services: ServicesDep) -> Iterator[Session]:
+    """A database session for one request (``SessionDep``), closed when the request is done."""
     with services.sessions() as session:
         yield session
 

@@ -54,10 +54,13 @@ def _headers_for(exc: ZSCLError) -> dict[str, str] | None:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The ``{"detail": message}`` answer every API error has, so clients read one shape."""
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
 def response_for(exc: ZSCLError) -> JSONResponse:
+    """The answer to a project error: its status, its message, and the Retry-After or
+    WWW-Authenticate header a client needs to act on it."""
     status = status_for(exc)
     if status == 500:
         logger.error("unmapped project error: %r", exc)
@@ -71,4 +74,5 @@ async def _project_error(_request: Request, exc: ZSCLError) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Make ``app`` answer every project error a route raises through :func:`response_for`."""
     app.add_exception_handler(ZSCLError, _project_error)

@@ -165,6 +165,7 @@ async def _keep(services, files: list[tuple[str, bytes]], result: Classification
                          "With `keep` (or a label set that keeps images), each image is kept for "
                          "feedback and gets a `prediction_id` (POST /v1/feedback).")
 async def classify(request: Request, services: ServicesDep) -> ClassifyResponse:
+    """Rank candidate labels for each uploaded image with the served model."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         parsed = await _from_multipart(request, services.settings.max_batch_images)

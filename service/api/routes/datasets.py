@@ -49,6 +49,7 @@ async def upload(request: Request, services: ServicesDep,
                  suite: bool = False,
                  test_fraction: Annotated[float, Query(gt=0, lt=1)] = 0.2,
                  seed: Annotated[int, Query(ge=0)] = 0):
+    """Store an archive of labelled class folders as a dataset to train on or evaluate with."""
     settings = services.settings
     limit = settings.max_dataset_bytes
     length = request.headers.get("content-length")
@@ -96,22 +97,26 @@ async def _spool_body(request: Request, fh: BinaryIO, limit: int) -> None:
 
 @router.get("", dependencies=READ_ACCESS, response_model=list[DatasetOut], summary="Every dataset")
 def list_all(session: SessionDep) -> list[DatasetOut]:
+    """List the stored datasets with their classes and split sizes, to pick one for a job."""
     return [DatasetOut(**datasets.dataset_out(row)) for row in datasets.list_datasets(session)]
 
 
 @router.get("/{dataset_id}", dependencies=READ_ACCESS,
             response_model=DatasetOut, summary="One dataset")
 def get_one(dataset_id: DatasetId, session: SessionDep) -> DatasetOut:
+    """Show one dataset: its classes, split sizes, and whether gates evaluate on it."""
     return DatasetOut(**datasets.dataset_out(datasets.get_dataset(session, dataset_id)))
 
 
 @router.put("/{dataset_id}/suite", response_model=DatasetOut, dependencies=[Depends(require_admin)],
             summary="Register (or unregister) a dataset as a zero-shot evaluation suite")
 def set_suite(dataset_id: DatasetId, body: SuiteIn, session: SessionDep) -> DatasetOut:
+    """Mark a dataset as a suite that every gate checks for forgetting, or unmark it."""
     return DatasetOut(**datasets.dataset_out(datasets.set_suite(session, dataset_id, body.suite)))
 
 
 @router.delete("/{dataset_id}", status_code=204, dependencies=[Depends(require_admin)],
                summary="Delete a dataset no job uses")
 def delete_one(dataset_id: DatasetId, session: SessionDep, services: ServicesDep) -> None:
+    """Delete a dataset and its images, once no job refers to it."""
     datasets.delete(session, services.settings, dataset_id)

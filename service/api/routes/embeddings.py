@@ -86,6 +86,7 @@ def _response(result: Embeddings, encoding: str) -> EmbeddingsResponse:
                          "no template. `encoding`: 'float' (float32 lists, the default) or "
                          "'base64' (little-endian float16 bytes, base64).")
 async def embeddings(request: Request, services: ServicesDep) -> EmbeddingsResponse:
+    """Return the served model's embeddings of images and texts, for use outside the service."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         parsed = await _from_multipart(request, services.settings.max_batch_images)

@@ -32,6 +32,7 @@ _MEDIA = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif":
                          "completes its label set's auto-update policy, the job it started is "
                          "in `auto_update_job`.")
 async def send(body: FeedbackIn, services: ServicesDep):
+    """Record the true label of a kept prediction: what feedback datasets and auto-updates learn from."""
     item, created, job = await run_in_threadpool(services.feedback.send, body.prediction_id,
                                                  body.label)
     out = FeedbackSent(**item, auto_update_job=JobOut(**job) if job else None)
@@ -43,6 +44,7 @@ async def send(body: FeedbackIn, services: ServicesDep):
 def list_all(session: SessionDep, label_set: Annotated[str | None, Query(max_length=128)] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 100,
              offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> FeedbackList:
+    """List the answers users gave, with per-label counts and each version's live accuracy."""
     rows = feedback.list_feedback(session, label_set=label_set, limit=limit, offset=offset)
     return FeedbackList(summary=feedback.summarise(session, label_set),
                         items=[FeedbackOut(**feedback.feedback_out(f, p)) for f, p in rows])
@@ -52,6 +54,7 @@ def list_all(session: SessionDep, label_set: Annotated[str | None, Query(max_len
             summary="The kept image of a prediction", response_class=Response,
             responses={200: {"content": {t: {} for t in _MEDIA.values()}}})
 def image(prediction_id: PredictionId, session: SessionDep, services: ServicesDep) -> Response:
+    """Return the image a prediction kept, to review its answer."""
     row = feedback.get_prediction(session, prediction_id)
     data = services.feedback.store.read(row.image_sha256)
     return Response(data, media_type=_MEDIA.get(row.image_format, "application/octet-stream"),
@@ -62,6 +65,7 @@ def image(prediction_id: PredictionId, session: SessionDep, services: ServicesDe
                dependencies=[Depends(require_inference)],
                summary="Forget a kept prediction: its answer and its image")
 def delete_one(prediction_id: PredictionId, session: SessionDep, services: ServicesDep) -> None:
+    """Erase a kept prediction's answer and image, so that no dataset is built from them."""
     feedback.delete_feedback(session, services.feedback.store, prediction_id)
 
 
@@ -75,6 +79,7 @@ def delete_one(prediction_id: PredictionId, session: SessionDep, services: Servi
                          "`min_per_class` images; ingested like an upload (same checks, seeded "
                          "split). Ready for POST /v1/jobs.")
 def from_feedback(body: FromFeedbackIn, services: ServicesDep):
+    """Turn a label set's answered images into a dataset an update job can train on."""
     built = services.feedback.make_dataset(body.label_set, min_per_class=body.min_per_class,
                                            test_fraction=body.test_fraction, seed=body.seed)
     out = FromFeedbackOut(**datasets.dataset_out(built.dataset), items=built.items,

@@ -31,6 +31,7 @@ RowIndex = Annotated[int, Query(ge=0, le=2**63 - 1)]
              responses={200: {"description": "a job with this idempotency key exists"}})
 def create(body: JobIn, services: ServicesDep,
            idempotency_key: Annotated[str | None, Header(max_length=128)] = None):
+    """Queue an update of the served model on a dataset; its gate decides whether the result is served."""
     job, created = submit_job(services.sessions, services.settings, services.celery, body,
                               idempotency_key=body.idempotency_key or idempotency_key)
     return JSONResponse(JobOut(**jobs.job_summary(job)).model_dump(mode="json"),
@@ -41,12 +42,14 @@ def create(body: JobIn, services: ServicesDep,
             response_model=list[JobOut], summary="Jobs, newest first")
 def list_all(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
              offset: RowIndex = 0) -> list[JobOut]:
+    """List recent update jobs with their state and progress."""
     return [JobOut(**jobs.job_summary(j)) for j in jobs.list_jobs(session, limit=limit, offset=offset)]
 
 
 @router.get("/{job_id}", dependencies=READ_ACCESS,
             response_model=JobOut, summary="One job: state, progress, losses, ETA, report")
 def get_one(job_id: JobId, session: SessionDep) -> JobOut:
+    """Show one update job, with the gate's report once it has run."""
     return JobOut(**jobs.job_summary(jobs.get_job(session, job_id)))
 
 
@@ -54,6 +57,7 @@ def get_one(job_id: JobId, session: SessionDep) -> JobOut:
             response_model=JobEventsOut, summary="A job's events, oldest first")
 def events(job_id: JobId, session: SessionDep, after: RowIndex = 0,
            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JobEventsOut:
+    """Page through a job's event log (states, progress, gate results) with after=."""
     jobs.get_job(session, job_id)
     rows = jobs.list_events(session, job_id, after=after, limit=limit)
     return JobEventsOut(events=[JobEventOut(id=r.id, at=r.at, kind=r.kind, data=r.data) for r in rows],
@@ -66,6 +70,7 @@ def events(job_id: JobId, session: SessionDep, after: RowIndex = 0,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def stream(job_id: JobId, services: ServicesDep, after: RowIndex = 0,
                  poll_s: Annotated[float, Query(gt=0, le=10)] = 0.5) -> StreamingResponse:
+    """Follow a job live: its events as server-sent events, then an end event once it finishes."""
     # Every database read runs on the threadpool of the sync routes, never on the event loop: a
     # read the database makes wait (a busy disk, a lock) would stall every other request. Not
     # asyncio's default executor: its few threads (cores + 4) also load models and decode images.
@@ -100,4 +105,5 @@ async def stream(job_id: JobId, services: ServicesDep, after: RowIndex = 0,
 @router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[Depends(require_admin)],
              summary="Cancel a job (a running one stops at its next check)")
 def cancel(job_id: JobId, session: SessionDep) -> JobOut:
+    """Stop a job: a queued one never runs, a running one stops at its next check."""
     return JobOut(**jobs.job_summary(jobs.request_cancel(session, job_id)))

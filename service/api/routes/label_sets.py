@@ -28,12 +28,14 @@ def _out(row) -> LabelSetOut:
 @router.get("", dependencies=READ_ACCESS,
             response_model=list[LabelSetOut], summary="Every label set")
 def list_all(session: SessionDep) -> list[LabelSetOut]:
+    """List the stored label sets, which classify requests can name instead of listing labels."""
     return [_out(row) for row in label_sets.list_label_sets(session)]
 
 
 @router.get("/{name}", dependencies=READ_ACCESS,
             response_model=LabelSetOut, summary="One label set")
 def get_one(name: Name, session: SessionDep) -> LabelSetOut:
+    """Show one label set: its labels, templates and feedback settings."""
     return _out(label_sets.get_label_set(session, name))
 
 
@@ -45,6 +47,7 @@ def get_one(name: Name, session: SessionDep) -> LabelSetOut:
                         "`keep_images` and `auto_update` turn on the feedback loop "
                         "(docs/updates.md).")
 def put_one(name: Name, body: LabelSetIn, session: SessionDep, services: ServicesDep) -> LabelSetOut:
+    """Store a named list of labels (and templates) that classify requests can then name."""
     classnames, templates = check_label_set(body.classnames, body.templates,
                                             services.classifier.limits)
     policy = (checked_policy(body.auto_update.model_dump())
@@ -57,4 +60,5 @@ def put_one(name: Name, body: LabelSetIn, session: SessionDep, services: Service
 @router.delete("/{name}", status_code=204, dependencies=[Depends(require_admin)],
                summary="Delete a label set")
 def delete_one(name: Name, session: SessionDep) -> None:
+    """Delete a label set, so that classify no longer accepts its name."""
     label_sets.delete_label_set(session, name)

@@ -34,6 +34,7 @@ def _out(version: ModelVersion, serving: str | None, by_id: dict[str, ModelVersi
 @router.get("", dependencies=READ_ACCESS,
             response_model=ModelsOut, summary="Every version, its lineage and metrics")
 def list_models(session: SessionDep, services: ServicesDep) -> ModelsOut:
+    """List every model version with its lineage and metrics, and which one is served."""
     versions = registry.list_registered(session)
     serving, generation = registry.get_serving(session)
     by_id = {v.id: v for v in versions}
@@ -46,6 +47,7 @@ def list_models(session: SessionDep, services: ServicesDep) -> ModelsOut:
 @router.get("/{version_id}", dependencies=READ_ACCESS,
             response_model=ModelOut, summary="One version")
 def get_model(version_id: str, session: SessionDep) -> ModelOut:
+    """Show one model version: its lineage, method, metrics and gate report."""
     version = registry.get_version(session, version_id)
     serving, _ = registry.get_serving(session)
     by_id = {v.id: v for v in registry.list_registered(session)}
@@ -59,6 +61,7 @@ def get_model(version_id: str, session: SessionDep) -> ModelOut:
                          "(409) and nothing changes. Other API processes follow within their "
                          "reconcile interval, or at once over Redis in distributed mode.")
 async def activate(version_id: str, services: ServicesDep) -> ActivateOut:
+    """Serve another version: promote a candidate or roll back to an earlier one."""
     served, generation, previous = await services.holder.activate(version_id)
     notified = await run_in_threadpool(registry.notify, services.settings.redis_url,
                                        served.version, generation)

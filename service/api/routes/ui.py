@@ -35,16 +35,19 @@ _assets = StaticFiles(directory=UI_DIR / "assets")
 
 @router.get("/")
 def root() -> RedirectResponse:
+    """Send a browser that opens the bare address to the dashboard."""
     return RedirectResponse("/ui/")
 
 
 @router.get("/ui")
 def ui_no_slash() -> RedirectResponse:
+    """Send /ui to /ui/, where the page's relative asset links resolve."""
     return RedirectResponse("/ui/")
 
 
 @router.get("/ui/")
 def index() -> FileResponse:
+    """The dashboard page, with headers that keep it from loading anything from elsewhere."""
     return FileResponse(UI_DIR / "index.html", media_type="text/html", headers=_HEADERS)
 
 
