@@ -70,7 +70,8 @@ def create_celery(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
 
 
 def send_job(celery: Celery, job_id: str) -> None:
-    """Put job ``job_id`` on the update queue, for a worker to run (``worker.tasks.run_job``)."""
+    """Put job ``job_id`` on the update queue, for a worker to run: sent by task name
+    (:data:`TASK_RUN_JOB`, defined by ``worker.tasks``), so the sender needs no task module."""
     celery.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
 
 

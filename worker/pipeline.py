@@ -372,10 +372,11 @@ class Progress:
         self.last_write = now
         elapsed = now - self.started
         eta = elapsed / info.step * (info.total - info.step)
+        # 4 significant digits, not 5 decimals: an l2 term near 1e-5 kept its curve, not steps
         with self.sessions() as session:
             self.cancelled = jobs.record_progress(
                 session, self.job_id, step=info.step, total=info.total,
-                losses={k: round(v, 5) for k, v in info.losses.items()}, eta_s=round(eta, 1),
+                losses={k: float(f"{v:.4g}") for k, v in info.losses.items()}, eta_s=round(eta, 1),
                 event=info.step % self.event_every == 0 or info.step == info.total)
 
     def cancel_requested(self) -> bool:

@@ -3,19 +3,21 @@ written and the job succeeded, all in one transaction.
 
 Issue 20: the pointer used to move in one commit and the job to succeed in a later one; a worker
 killed between the two left the new version served and the job unfinished, so the restart's
-reaper retried it, and the retry trained on its own promoted version. Here: a step of the
-promotion that fails (monkeypatched, or a SQLite trigger as a full disk would) leaves every
-record as it was; a process SIGKILLed inside the promotion leaves the old state, which the
-reaper retries from, or the new one; every commit that moves the pointer also finishes the job.
+reaper retried it, and the retry trained on its own promoted version. Here, on SQLite and on
+PostgreSQL: a step of the promotion that fails (monkeypatched, or a database trigger as a full
+disk would) leaves every record as it was; a process SIGKILLed inside the promotion leaves the
+old state, which the reaper retries from, or the new one; every commit that moves the pointer
+also finishes the job.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import uuid
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError
 
 from records import jobs, label_sets, registry
@@ -23,17 +25,41 @@ from records.db import create_all, make_engine, make_session_factory
 from records.label_sets import LabelSetUpdate
 from records.tables import Dataset, JobEvent
 
+PG_ADMIN_URL = os.environ.get("ZSCL_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 METRICS = {"new_task_after": 90.0}
 REPORT = {"passed": True, "rows": []}
 LABELS = LabelSetUpdate("stripes", ["h", "v"], ["a {}"], source="dataset:d")
 
 
-@pytest.fixture()
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
-    create_all(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    """A fresh database: a SQLite file (embedded mode), or a PostgreSQL database (distributed
+    mode; at ZSCL_TEST_POSTGRES_URL, skipped where no server answers)."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
+        create_all(engine)
+        yield engine
+        engine.dispose()
+        return
+    pytest.importorskip("psycopg")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"zscl_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - no server here: nothing to test against
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
+    engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        create_all(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture()
@@ -121,11 +147,18 @@ def test_a_step_that_fails_leaves_every_record_as_it_was(sessions, job_id, monke
     assert _promote(sessions, job_id).promoted
 
 
-def test_a_job_event_that_cannot_be_written_leaves_every_record_as_it_was(sessions, job_id):
+def test_a_job_event_that_cannot_be_written_leaves_every_record_as_it_was(engine, sessions,
+                                                                         job_id):
     before = _snapshot(sessions, job_id)
     with sessions() as session:  # the last write of the promotion fails, as on a full disk
-        session.execute(text("CREATE TRIGGER no_events BEFORE INSERT ON job_events "
-                             "BEGIN SELECT RAISE(ABORT, 'disk full (test fault)'); END"))
+        if engine.dialect.name == "sqlite":
+            session.execute(text("CREATE TRIGGER no_events BEFORE INSERT ON job_events "
+                                 "BEGIN SELECT RAISE(ABORT, 'disk full (test fault)'); END"))
+        else:
+            session.execute(text("CREATE FUNCTION no_events() RETURNS trigger LANGUAGE plpgsql "
+                                 "AS $$ BEGIN RAISE EXCEPTION 'disk full (test fault)'; END $$"))
+            session.execute(text("CREATE TRIGGER no_events BEFORE INSERT ON job_events "
+                                 "FOR EACH ROW EXECUTE FUNCTION no_events()"))
         session.commit()
     with pytest.raises(DBAPIError, match="disk full"):
         _promote(sessions, job_id)
@@ -158,7 +191,8 @@ def _promote_and_die(url, job_id: str, point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     try:
-        sessions = make_session_factory(make_engine(str(url)))  # its own connections
+        # its own connections: the parent's, inherited, are never used here
+        sessions = make_session_factory(make_engine(url.render_as_string(hide_password=False)))
         if point == "after the pointer moved":
             real_swap = registry._swap
             registry._swap = lambda *a: real_swap(*a) and kill()
