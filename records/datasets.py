@@ -58,6 +58,7 @@ def add_dataset(sessions: sessionmaker[Session], settings: Settings, upload: str
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The dataset row ``dataset_id``; NotFound if there is none."""
     row = session.get(Dataset, dataset_id)
     if row is None:
         raise NotFound(f"dataset '{dataset_id}' does not exist; GET /v1/datasets lists them")
@@ -65,6 +66,7 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset:
 
 
 def list_datasets(session: Session) -> list[Dataset]:
+    """Every dataset, oldest first."""
     return list(session.scalars(select(Dataset).order_by(Dataset.created_at)))
 
 
@@ -82,6 +84,7 @@ class DatasetInfo:
 
     @classmethod
     def of(cls, row: Dataset) -> DatasetInfo:
+        """The plain value of a dataset row."""
         return cls(row.id, row.name, row.path, tuple(row.classnames), row.is_suite,
                    dict(row.origin) if row.origin is not None else None)
 
@@ -108,6 +111,7 @@ def learned_in(session: Session, version_ids: Sequence[str]) -> list[DatasetInfo
 
 
 def set_suite(session: Session, dataset_id: str, suite: bool) -> Dataset:
+    """Mark a dataset as a zero-shot suite or not; Conflict if it was trained on or is being evaluated."""
     row = get_dataset(session, dataset_id)
     if suite and session.scalar(select(Job.id).where(Job.dataset_id == dataset_id).limit(1)):
         raise Conflict(f"dataset '{dataset_id}' was used for training; a zero-shot suite must "
@@ -160,6 +164,7 @@ def _refuse_while_evaluated(session: Session, row: Dataset, change: str) -> None
 def dataset_out(row: Dataset) -> dict[str, Any]:
     # a suite is never trained on, so every gate evaluates all of its images
     # (records.ingest.evaluation_images); any other dataset only its test split
+    """A dataset row as the API shows it (a JSON-ready dict)."""
     n_eval = row.n_train + row.n_test if row.is_suite else row.n_test
     return {"id": row.id, "name": row.name, "sha256": row.sha256, "classnames": row.classnames,
             "n_train": row.n_train, "n_test": row.n_test, "n_eval": n_eval, "split": row.split,

@@ -44,6 +44,7 @@ def make_engine(database_url: str) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """The session factory of a process, over ``engine`` (objects stay readable after commit)."""
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -42,6 +42,8 @@ class NotFound(ServiceError):
 
 
 class UnknownVersion(NotFound):
+    """A model version id that the registry does not know."""
+
     def __init__(self, version_id: str):
         super().__init__(f"model version '{version_id}' is not registered; GET /v1/models lists "
                          f"the known versions")
@@ -57,6 +59,8 @@ class InvalidRequest(ServiceError):
 
 
 class InvalidImage(InvalidRequest):
+    """An uploaded image that could not be decoded."""
+
     def __init__(self, filename: str, reason: str):
         super().__init__(f"image '{filename}' could not be decoded ({reason}); send a PNG, JPEG, "
                          f"WebP, GIF or BMP file")

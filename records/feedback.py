@@ -49,6 +49,7 @@ class ImageStore:
         self.root = Path(root)
 
     def path(self, sha256: str) -> Path:
+        """Where the image with this SHA-256 is (or would be) stored."""
         return self.root / "images" / sha256[:2] / sha256
 
     def write(self, sha256: str, data: bytes) -> None:
@@ -65,9 +66,11 @@ class ImageStore:
             raise
 
     def read(self, sha256: str) -> bytes:
+        """The bytes of the stored image with this SHA-256."""
         return self.path(sha256).read_bytes()
 
     def remove(self, sha256: str) -> None:
+        """Delete the stored image with this SHA-256, if it is there."""
         self.path(sha256).unlink(missing_ok=True)
 
 
@@ -108,6 +111,7 @@ class AutoUpdatePolicy:
                                  f"{self.test_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The policy as a JSON-ready dict (as stored on its label set)."""
         return asdict(self)
 
 
@@ -168,6 +172,7 @@ def keep_predictions(session: Session, store: ImageStore, images: Sequence[KeptI
 
 
 def get_prediction(session: Session, prediction_id: str) -> Prediction:
+    """The kept prediction ``prediction_id``; NotFound if there is none (or it expired)."""
     row = session.get(Prediction, prediction_id)
     if row is None:
         raise NotFound(f"prediction '{prediction_id}' does not exist (or has expired): only "
@@ -329,6 +334,7 @@ def auto_update_due(session: Session, label_set: str) -> AutoUpdatePolicy | None
 
 
 def feedback_out(feedback: Feedback, prediction: Prediction) -> dict[str, Any]:
+    """A feedback answer and its prediction as the API shows them (a JSON-ready dict)."""
     return {"prediction_id": prediction.id, "label": feedback.label, "correct": feedback.correct,
             "predicted": prediction.top_label, "probability": prediction.top_probability,
             "model_version": prediction.version_id, "label_set": prediction.label_set,

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FeedbackDataset:
+    """What building a dataset from a label set's feedback gave: the dataset and its counts."""
+
     dataset: Dataset
     created: bool
     items: int                 # images in it

@@ -22,26 +22,28 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, NotFound
-from .tables import TERMINAL_STATES, Dataset, Job, JobEvent, utcnow
+from .tables import TERMINAL_STATES, Dataset, Job, JobEvent, JobState, utcnow
 
 __all__ = ["SessionFactory", "create_job", "get_job", "list_jobs", "add_event", "list_events",
            "transition", "stage_transition", "request_cancel", "record_progress", "heartbeat",
-           "reap_stale", "Reaped", "retries_of", "job_summary", "ALLOWED"]
+           "reap_stale", "Reaped", "retries_of", "job_summary", "ALLOWED", "JobState"]
 
 logger = logging.getLogger(__name__)
 
 SessionFactory = sessionmaker[Session]
 """What opens the sessions of a process that follows jobs (the worker's runner, its heartbeat)."""
 
-ALLOWED: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "evaluating"}),  # requeued after its worker was lost
-    "running": frozenset({"queued"}),
-    "evaluating": frozenset({"running"}),
-    "cancelling": frozenset({"running", "evaluating"}),
-    "cancelled": frozenset({"queued", "running", "evaluating", "cancelling"}),
-    "succeeded": frozenset({"evaluating", "cancelling"}),
-    "rejected": frozenset({"evaluating", "cancelling"}),
-    "failed": frozenset({"queued", "running", "evaluating", "cancelling"}),
+_S = JobState
+# the states each state may be entered from
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    _S.QUEUED: frozenset({_S.RUNNING, _S.EVALUATING}),  # requeued after its worker was lost
+    _S.RUNNING: frozenset({_S.QUEUED}),
+    _S.EVALUATING: frozenset({_S.RUNNING}),
+    _S.CANCELLING: frozenset({_S.RUNNING, _S.EVALUATING}),
+    _S.CANCELLED: frozenset({_S.QUEUED, _S.RUNNING, _S.EVALUATING, _S.CANCELLING}),
+    _S.SUCCEEDED: frozenset({_S.EVALUATING, _S.CANCELLING}),
+    _S.REJECTED: frozenset({_S.EVALUATING, _S.CANCELLING}),
+    _S.FAILED: frozenset({_S.QUEUED, _S.RUNNING, _S.EVALUATING, _S.CANCELLING}),
 }
 
 
@@ -79,13 +81,13 @@ def create_job(session: Session, *, dataset_id: str, method: str, hparams: dict[
     if session.get(Dataset, dataset_id) is None:
         raise _missing_dataset(dataset_id)
     job = Job(id=uuid.uuid4().hex, idempotency_key=idempotency_key, dataset_id=dataset_id,
-              method=method, hparams=hparams, gate=gate, state="queued",
+              method=method, hparams=hparams, gate=gate, state=JobState.QUEUED,
               total_steps=int(hparams.get("steps", 0)), trigger=trigger)
     try:
         with _transaction(session):
             session.add(job)
             session.flush()  # the job row first: the event refers to it
-            session.add(JobEvent(job_id=job.id, kind="state", data={"state": "queued"}))
+            session.add(JobEvent(job_id=job.id, kind="state", data={"state": JobState.QUEUED}))
     except IntegrityError:
         # only a concurrent request with the same key is answered with its job; anything else
         # (the dataset deleted meanwhile...) is not that, and must not return an unrelated job
@@ -100,6 +102,7 @@ def create_job(session: Session, *, dataset_id: str, method: str, hparams: dict[
 
 
 def get_job(session: Session, job_id: str) -> Job:
+    """The job ``job_id``, freshly read; NotFound if there is none."""
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"job '{job_id}' does not exist; GET /v1/jobs lists the jobs")
@@ -108,11 +111,13 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def list_jobs(session: Session, *, limit: int = 50, offset: int = 0) -> list[Job]:
+    """A page of jobs, newest first."""
     return list(session.scalars(select(Job).order_by(Job.created_at.desc())
                                 .limit(limit).offset(offset)))
 
 
 def add_event(session: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    """Record one event of a job (committed at once)."""
     with _transaction(session):
         session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
@@ -123,19 +128,19 @@ def list_events(session: Session, job_id: str, *, after: int = 0, limit: int = 1
                                 .order_by(JobEvent.id).limit(limit)))
 
 
-def transition(session: Session, job_id: str, state: str, **fields: Any) -> bool:
+def transition(session: Session, job_id: str, state: JobState, **fields: Any) -> bool:
     """Move a job to ``state`` if its current state allows it; returns whether it moved."""
     with _transaction(session):
         return stage_transition(session, job_id, state, **fields)
 
 
-def stage_transition(session: Session, job_id: str, state: str, **fields: Any) -> bool:
+def stage_transition(session: Session, job_id: str, state: JobState, **fields: Any) -> bool:
     """:func:`transition`'s writes (the conditional UPDATE and its event), left uncommitted: for
     a caller that commits them with other writes in one transaction
     (``records.registry.promote``). Returns whether the job moved."""
     values: dict[str, Any] = {"state": state, **fields}
     now = utcnow()
-    if state == "running":
+    if state == JobState.RUNNING:
         values.setdefault("started_at", now)
         values.setdefault("heartbeat_at", now)
     if state in TERMINAL_STATES:
@@ -165,10 +170,11 @@ def request_cancel(session: Session, job_id: str) -> Job:
     # skips it); a running one stops at its next check.
     with _transaction(session):
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-        if _move(session, job_id, {"queued"}, {"state": "cancelled", "finished_at": utcnow()}):
-            session.add(JobEvent(job_id=job_id, kind="state", data={"state": "cancelled"}))
-        elif _move(session, job_id, ALLOWED["cancelling"], {"state": "cancelling"}):
-            session.add(JobEvent(job_id=job_id, kind="state", data={"state": "cancelling"}))
+        if _move(session, job_id, {JobState.QUEUED},
+                 {"state": JobState.CANCELLED, "finished_at": utcnow()}):
+            session.add(JobEvent(job_id=job_id, kind="state", data={"state": JobState.CANCELLED}))
+        elif _move(session, job_id, ALLOWED[JobState.CANCELLING], {"state": JobState.CANCELLING}):
+            session.add(JobEvent(job_id=job_id, kind="state", data={"state": JobState.CANCELLING}))
     return get_job(session, job_id)
 
 
@@ -185,6 +191,7 @@ def record_progress(session: Session, job_id: str, *, step: int, total: int,
 
 
 def heartbeat(session: Session, job_id: str) -> None:
+    """Record that the job's worker is alive now (see :func:`reap_stale`)."""
     with _transaction(session):
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
 
@@ -204,8 +211,8 @@ def reap_stale(session: Session, timeout_s: float, max_retries: int = 0) -> Reap
     one read here: a job a worker has just started again (another reaper was first) is left."""
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=timeout_s)
     stale = []
-    for job in session.scalars(select(Job).where(Job.state.in_(("running", "evaluating",
-                                                                "cancelling")))):
+    working = (JobState.RUNNING, JobState.EVALUATING, JobState.CANCELLING)
+    for job in session.scalars(select(Job).where(Job.state.in_(working))):
         beat = job.heartbeat_at
         if beat is not None and beat.tzinfo is None:  # SQLite drops the zone
             beat = beat.replace(tzinfo=timezone.utc)
@@ -217,7 +224,7 @@ def reap_stale(session: Session, timeout_s: float, max_retries: int = 0) -> Reap
         retries = retries_of(session, job_id)
         if not cancel_requested and retries < max_retries:
             event = {"retry": retries + 1, "max_retries": max_retries, "reason": lost}
-            if _reap(session, job_id, "queued", _FROM_START, event, beat):
+            if _reap(session, job_id, JobState.QUEUED, _FROM_START, event, beat):
                 logger.warning("job %s requeued (retry %d of %d): worker lost", job_id, retries + 1,
                                max_retries)
                 reaped.requeued.append(job_id)
@@ -225,7 +232,7 @@ def reap_stale(session: Session, timeout_s: float, max_retries: int = 0) -> Reap
         spent = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
         error = {"type": "WorkerLost", "message": f"{lost}{spent}; the served model is unchanged; "
                  "resubmit the job"}
-        if _reap(session, job_id, "failed", {"error": error, "finished_at": utcnow()},
+        if _reap(session, job_id, JobState.FAILED, {"error": error, "finished_at": utcnow()},
                  {"error": error}, beat):
             logger.warning("job %s failed: worker lost", job_id)
             reaped.failed.append(job_id)
@@ -237,7 +244,7 @@ _FROM_START = {"step": 0, "losses": {}, "eta_s": None, "started_at": None, "hear
                "base_version": None}
 
 
-def _reap(session: Session, job_id: str, state: str, values: dict[str, Any],
+def _reap(session: Session, job_id: str, state: JobState, values: dict[str, Any],
           event: dict[str, Any], beat) -> bool:
     """Move a stale job to ``state`` with its event, if its heartbeat is still ``beat``."""
     unchanged = Job.heartbeat_at.is_(None) if beat is None else Job.heartbeat_at == beat

@@ -67,6 +67,7 @@ def stage_label_set(session: Session, update: LabelSetUpdate) -> LabelSet:
 
 
 def get_label_set(session: Session, name: str) -> LabelSet:
+    """The label set ``name``; NotFound if there is none."""
     row = session.get(LabelSet, name)
     if row is None:
         raise NotFound(f"label set '{name}' does not exist; create it with PUT /v1/label-sets/{name}")
@@ -74,9 +75,11 @@ def get_label_set(session: Session, name: str) -> LabelSet:
 
 
 def delete_label_set(session: Session, name: str) -> None:
+    """Delete the label set ``name``; NotFound if there is none."""
     session.delete(get_label_set(session, name))
     session.commit()
 
 
 def list_label_sets(session: Session) -> list[LabelSet]:
+    """Every label set, by name."""
     return list(session.scalars(select(LabelSet).order_by(LabelSet.name)))

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from records import jobs
 from records.settings import Settings
-from records.tables import Job
+from records.tables import Job, JobState
 
 __all__ = ["create_celery", "send_job", "send_requeued", "queued_jobs", "TASK_RUN_JOB", "QUEUE"]
 
@@ -86,7 +86,7 @@ def send_requeued(celery: Celery, sessions: sessionmaker[Session], job_ids: list
             error = {"type": "BrokerUnavailable", "message": f"its worker was lost and it could not "
                      f"be queued again ({exc}); check ZSCL_BROKER_URL and resubmit the job"}
             with sessions() as session:
-                jobs.transition(session, job_id, "failed", error=error)
+                jobs.transition(session, job_id, JobState.FAILED, error=error)
 
 
 def queued_jobs(sessions: sessionmaker[Session]) -> list[str]:
@@ -100,5 +100,5 @@ def queued_jobs(sessions: sessionmaker[Session]) -> list[str]:
     (``worker.pipeline.JobRunner.run``).
     """
     with sessions() as session:
-        return list(session.scalars(select(Job.id).where(Job.state == "queued")
+        return list(session.scalars(select(Job.id).where(Job.state == JobState.QUEUED)
                                     .order_by(Job.created_at)))

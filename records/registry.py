@@ -27,7 +27,7 @@ from zscl_core import list_versions as list_saved_versions
 from . import jobs
 from .errors import UnknownVersion
 from .label_sets import LabelSetUpdate, stage_label_set
-from .tables import ModelVersion, ServingPointer, utcnow
+from .tables import JobState, ModelVersion, ServingPointer, utcnow
 
 __all__ = ["CHANNEL", "UNCONDITIONAL", "register_version", "get_version", "lineage",
            "list_registered", "get_serving", "activate", "promote", "Promotion", "notify",
@@ -97,6 +97,7 @@ def register_saved_versions(session: Session, versions_dir: Path) -> list[str]:
 
 
 def get_version(session: Session, version_id: str) -> ModelVersion:
+    """The registered model version ``version_id``; UnknownVersion if there is none."""
     row = session.get(ModelVersion, version_id)
     if row is None:
         raise UnknownVersion(version_id)
@@ -123,6 +124,7 @@ def lineage(session: Session, version_id: str) -> list[ModelVersion]:
 
 
 def list_registered(session: Session) -> list[ModelVersion]:
+    """Every registered model version, oldest first."""
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at)))
 
 
@@ -262,9 +264,9 @@ def _stage_promotion(session: Session, job_id: str, row: ModelVersion, fields: d
     if swapped:
         if label_set is not None:
             stage_label_set(session, label_set)
-        state = "succeeded"
+        state = JobState.SUCCEEDED
     else:
-        state = "rejected"
+        state = JobState.REJECTED
         fields = {**fields, "report": {**fields["report"], "superseded": (
             f"the served version changed from {row.parent} to {served} while this job ran; "
             f"candidate {row.id} was saved but not promoted over it (POST "

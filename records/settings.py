@@ -181,17 +181,21 @@ class Settings(BaseSettings):
 
     @property
     def versions_dir(self) -> Path:
+        """Where the model version directories are kept."""
         return self.data_dir / "versions"
 
     @property
     def datasets_dir(self) -> Path:
+        """Where uploaded datasets are kept."""
         return self.data_dir / "datasets"
 
     @property
     def feedback_dir(self) -> Path:
+        """Where kept feedback images are stored."""
         return self.data_dir / "feedback"
 
     def ingest_limits(self):
+        """The dataset upload limits these settings set, for ``records.ingest``."""
         from .ingest import IngestLimits  # lazy: settings stay cheap to import
 
         return IngestLimits(max_archive_bytes=self.max_dataset_bytes,
@@ -203,6 +207,7 @@ class Settings(BaseSettings):
 
     @property
     def distributed(self) -> bool:
+        """Whether jobs go through Redis and Celery (a Redis URL is set)."""
         return self.redis_url is not None
 
     @property
@@ -248,5 +253,6 @@ class Settings(BaseSettings):
         return max(1, min(MAX_AUTO_DATA_WORKERS, (os.cpu_count() or 2) - 2))
 
     def ensure_dirs(self) -> None:
+        """Create the data directories if they are missing."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         os.makedirs(self.data_dir, exist_ok=True)

@@ -8,20 +8,24 @@ worker writes them as the job moves through its states.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "ModelVersion", "LabelSet", "ServingPointer", "Dataset", "Job", "JobEvent",
-           "Prediction", "Feedback", "JOB_STATES", "TERMINAL_STATES", "utcnow"]
+           "Prediction", "Feedback", "JobState", "JOB_STATES", "TERMINAL_STATES", "utcnow"]
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (what every timestamp column stores)."""
     return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):
+    """The declarative base of every table (dicts and lists of strings map to JSON)."""
+
     type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
 
 
@@ -68,9 +72,23 @@ class ServingPointer(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-JOB_STATES = ("queued", "running", "evaluating", "succeeded", "rejected", "failed", "cancelling",
-              "cancelled")
-TERMINAL_STATES = frozenset({"succeeded", "rejected", "failed", "cancelled"})
+class JobState(StrEnum):
+    """The states of a job (``records.jobs.ALLOWED`` says which moves are legal). Members equal
+    their strings, so ``jobs.state`` stores and the API shows the plain values."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    EVALUATING = "evaluating"
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+JOB_STATES = tuple(JobState)
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.REJECTED, JobState.FAILED,
+                             JobState.CANCELLED})
 
 
 class Dataset(Base):
@@ -103,7 +121,7 @@ class Job(Base):
     method: Mapped[str] = mapped_column(String(32))
     hparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     gate: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     losses: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -13,7 +13,7 @@ from records import jobs
 from records.datasets import get_dataset
 from records.errors import InvalidRequest, NotReady
 from records.settings import Settings
-from records.tables import Job
+from records.tables import Job, JobState
 from zscl_core import GatePolicy, UpdateConfig
 
 from .job_schemas import GateIn, HParamsIn, JobIn
@@ -91,7 +91,7 @@ def submit_job(sessions: sessionmaker[Session], settings: Settings, celery: Cele
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; the job must not dangle
             error = {"type": "BrokerUnavailable", "message": f"could not enqueue the job: {exc}"}
             with sessions() as session:
-                jobs.transition(session, job.id, "failed", error=error)
+                jobs.transition(session, job.id, JobState.FAILED, error=error)
             raise NotReady(f"the job queue is unreachable ({exc}); check ZSCL_BROKER_URL and "
                            f"retry") from exc
         logger.info("job %s queued (%s on dataset %s)", job.id, job.method, job.dataset_id)

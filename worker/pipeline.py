@@ -31,7 +31,7 @@ import torch
 from records import datasets, jobs, registry
 from records.datasets import DatasetInfo
 from records.ingest import evaluation_images, load_dataset_dir
-from records.jobs import SessionFactory
+from records.jobs import JobState, SessionFactory
 from records.label_sets import LabelSetUpdate
 from records.settings import Settings
 from zscl_core import (DEFAULT_TEMPLATES, GatePolicy, GateReport, LoadedModel, PairedScore,
@@ -130,11 +130,11 @@ class JobRunner:
         with self.sessions() as session:
             base_version, _ = registry.get_serving(session)
             if base_version is None:
-                jobs.transition(session, job_id, "failed",
+                jobs.transition(session, job_id, JobState.FAILED,
                                 error={"type": "NoServedModel",
                                        "message": "no model is served yet; start the API first"})
-                return "failed"
-            if not jobs.transition(session, job_id, "running", base_version=base_version):
+                return JobState.FAILED
+            if not jobs.transition(session, job_id, JobState.RUNNING, base_version=base_version):
                 state = jobs.get_job(session, job_id).state
                 logger.info("job %s is %s, not queued: skipping", job_id, state)
                 return state
@@ -143,15 +143,15 @@ class JobRunner:
                 return self.run_steps(job_id, base_version)
         except UpdateCancelled as exc:
             with self.sessions() as session:
-                jobs.transition(session, job_id, "cancelled",
+                jobs.transition(session, job_id, JobState.CANCELLED,
                                 metrics={"cancelled_at_step": exc.step})
-            return "cancelled"
+            return JobState.CANCELLED
         except Exception as exc:  # noqa: BLE001 - any failure must end the job, with its reason
             logger.exception("job %s failed", job_id)
             with self.sessions() as session:
-                jobs.transition(session, job_id, "failed",
+                jobs.transition(session, job_id, JobState.FAILED,
                                 error={"type": type(exc).__name__, "message": str(exc)})
-            return "failed"
+            return JobState.FAILED
 
     def run_steps(self, job_id: str, base_version: str) -> str:
         """load -> train -> evaluate -> decide, for a job already marked running."""
@@ -161,7 +161,7 @@ class JobRunner:
         result = self.train(plan, progress)
         train_s = time.monotonic() - started
         with self.sessions() as session:
-            jobs.transition(session, job_id, "evaluating")
+            jobs.transition(session, job_id, JobState.EVALUATING)
         candidate = copy.deepcopy(plan.base.model)
         candidate.load_state_dict(result.state_dict)
         candidate.eval()
@@ -292,13 +292,13 @@ class JobRunner:
         job_id = plan.job_id
         with self.sessions() as session:
             if jobs.get_job(session, job_id).cancel_requested:
-                jobs.transition(session, job_id, "cancelled", metrics=metrics,
+                jobs.transition(session, job_id, JobState.CANCELLED, metrics=metrics,
                                 report=report.to_dict())
-                return "cancelled", None
+                return JobState.CANCELLED, None
             if not report.passed:
-                jobs.transition(session, job_id, "rejected", metrics=metrics,
+                jobs.transition(session, job_id, JobState.REJECTED, metrics=metrics,
                                 report=report.to_dict())
-                return "rejected", None
+                return JobState.REJECTED, None
         # the files first, published by one rename: a crash before the promotion commits leaves
         # a version that no row names, registered (not served) when the API next starts
         version_id = save_version(self.settings.versions_dir, candidate, plan.base.spec,

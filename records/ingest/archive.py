@@ -85,6 +85,7 @@ class Member:
 
 
 def check_content_type(content_type: str | None) -> None:
+    """Refuse an upload whose declared content type is not an archive (none declared passes)."""
     if content_type is None:
         return
     base = content_type.split(";", 1)[0].strip().lower()
@@ -94,6 +95,7 @@ def check_content_type(content_type: str | None) -> None:
 
 
 def detect_archive(upload: Path) -> str:
+    """The upload's archive format from its first bytes (zip, tar or gzipped tar); refuses any other."""
     with open(upload, "rb") as fh:
         head = fh.read(512)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -125,12 +127,14 @@ class Budget:
         self.total = 0
 
     def entry(self, name: str) -> None:
+        """Count one more archive entry; refuses an archive with too many."""
         self.entries += 1
         if self.entries > self.limits.max_files:
             raise DatasetTooLarge(f"the archive has more than {self.limits.max_files} entries (stopped "
                                   f"at '{name}'); split the dataset into smaller uploads")
 
     def declared(self, name: str, size: int) -> None:
+        """Refuse a member whose declared size is over the per-file limit."""
         if size > self.limits.max_file_bytes:
             raise DatasetTooLarge(f"'{name}' is {size} bytes, more than the per-file limit of "
                                   f"{self.limits.max_file_bytes}; downscale or remove it")
@@ -142,6 +146,7 @@ class Budget:
         self.expanded(name, self.total)
 
     def expanded(self, name: str, total: int) -> None:
+        """Refuse an archive that expands past the total limit or the compression ratio."""
         if total > self.limits.max_total_bytes:
             raise DatasetTooLarge(f"the archive expands to more than {self.limits.max_total_bytes} bytes "
                                   f"(stopped at '{name}'); split the dataset into smaller uploads")
@@ -150,6 +155,7 @@ class Budget:
                       f"size (stopped at '{name}')")
 
     def bomb(self, what: str) -> None:
+        """Refuse the archive as a compression bomb, saying ``what`` gave it away."""
         raise DatasetTooLarge(f"{what}: a compression bomb or highly compressible filler; images "
                               f"compress little, so remove the padding or filler files")
 
@@ -196,6 +202,7 @@ def _zip_entry_count(upload: Path) -> int | None:
 
 
 def extract_zip(upload: Path, raw: Path, budget: Budget) -> tuple[dict[str, Member], set[str]]:
+    """Extract a zip upload into ``raw`` within ``budget``; its files and folders."""
     announced = _zip_entry_count(upload)
     if announced is not None and announced > budget.limits.max_files:
         raise DatasetTooLarge(f"the zip has {announced} entries, more than the limit of "
@@ -273,6 +280,7 @@ class _CappedStream(io.RawIOBase):
 
 def extract_tar(upload: Path, raw: Path, budget: Budget, *, gzipped: bool
                  ) -> tuple[dict[str, Member], set[str]]:
+    """Extract a (gzipped) tar upload into ``raw`` within ``budget``; its files and folders."""
     files: dict[str, Member] = {}
     dirs: set[str] = set()
     limits = budget.limits

@@ -13,6 +13,7 @@ from records.tables import Base
 
 
 def run_migrations() -> None:
+    """Run alembic's migrations on the connection the runner passed in (never offline)."""
     connection = context.config.attributes.get("connection")
     if context.is_offline_mode() or connection is None:
         raise RuntimeError("records.migrations runs on a live connection only: use "

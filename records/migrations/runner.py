@@ -52,6 +52,7 @@ class SchemaState:
 
     @property
     def up_to_date(self) -> bool:
+        """Whether the database is at the newest revision this code knows."""
         return self.current == self.head
 
 

@@ -115,6 +115,7 @@ INDEXES = (("ix_job_events_job_id", "job_events", ["job_id"]),)
 
 
 def upgrade() -> None:
+    """Create the baseline tables and their index."""
     op.create_table("model_versions", *_model_versions())
     op.create_table("label_sets", *_label_sets())
     op.create_table("serving_pointer", *_serving_pointer())
@@ -125,6 +126,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the baseline tables and their index."""
     op.drop_index("ix_job_events_job_id", table_name="job_events")
     for name in reversed(TABLES):
         op.drop_table(name)

@@ -22,6 +22,7 @@ _TZ = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    """Add the feedback tables and columns."""
     op.create_table(
         "predictions",
         sa.Column("id", sa.String(32), nullable=False),
@@ -63,6 +64,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Remove the feedback tables and columns."""
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("trigger")
     with op.batch_alter_table("datasets") as batch:
