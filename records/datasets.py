@@ -61,7 +61,7 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset:
     """The dataset row ``dataset_id``; NotFound if there is none."""
     row = session.get(Dataset, dataset_id)
     if row is None:
-        raise NotFound(f"dataset '{dataset_id}' does not exist; GET /v1/datasets lists them")
+        raise NotFound.of("dataset", dataset_id)
     return row
 
 
@@ -158,7 +158,7 @@ def _refuse_while_evaluated(session: Session, row: Dataset, change: str) -> None
         job_id, state = active
         raise Conflict(f"suite '{row.id}' ({row.name}) cannot be {change} while job '{job_id}' "
                        f"({state}) may evaluate it: every gate scores every suite; retry once it "
-                       f"has ended (GET /v1/jobs/{job_id}), or cancel it")
+                       f"has ended, or cancel it")
 
 
 def dataset_out(row: Dataset) -> dict[str, Any]:

@@ -38,15 +38,26 @@ class Forbidden(ServiceError):
 
 
 class NotFound(ServiceError):
-    """No such record."""
+    """No such record. :meth:`of` names the kind and the key, so that an edge can add how to
+    find the right one (the API names its listing route: ``service.api.errors``)."""
+
+    kind: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def of(cls, kind: str, key: str, detail: str = "") -> NotFound:
+        """``<kind> '<key>' does not exist`` (plus ``detail``), with ``kind`` and ``key`` kept."""
+        error = cls(f"{kind} '{key}' does not exist{detail}")
+        error.kind, error.key = kind, key
+        return error
 
 
 class UnknownVersion(NotFound):
     """A model version id that the registry does not know."""
 
     def __init__(self, version_id: str):
-        super().__init__(f"model version '{version_id}' is not registered; GET /v1/models lists "
-                         f"the known versions")
+        super().__init__(f"model version '{version_id}' is not registered")
+        self.kind, self.key = "model version", version_id
         self.version_id = version_id
 
 

@@ -60,7 +60,7 @@ def _transaction(session: Session) -> Iterator[None]:
 
 
 def _missing_dataset(dataset_id: str) -> NotFound:
-    return NotFound(f"dataset '{dataset_id}' does not exist; GET /v1/datasets lists them")
+    return NotFound.of("dataset", dataset_id)
 
 
 def create_job(session: Session, *, dataset_id: str, method: str, hparams: dict[str, Any],
@@ -105,7 +105,7 @@ def get_job(session: Session, job_id: str) -> Job:
     """The job ``job_id``, freshly read; NotFound if there is none."""
     job = session.get(Job, job_id)
     if job is None:
-        raise NotFound(f"job '{job_id}' does not exist; GET /v1/jobs lists the jobs")
+        raise NotFound.of("job", job_id)
     session.refresh(job)
     return job
 

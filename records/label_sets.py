@@ -70,7 +70,7 @@ def get_label_set(session: Session, name: str) -> LabelSet:
     """The label set ``name``; NotFound if there is none."""
     row = session.get(LabelSet, name)
     if row is None:
-        raise NotFound(f"label set '{name}' does not exist; create it with PUT /v1/label-sets/{name}")
+        raise NotFound.of("label set", name)
     return row
 
 

@@ -269,8 +269,8 @@ def _stage_promotion(session: Session, job_id: str, row: ModelVersion, fields: d
         state = JobState.REJECTED
         fields = {**fields, "report": {**fields["report"], "superseded": (
             f"the served version changed from {row.parent} to {served} while this job ran; "
-            f"candidate {row.id} was saved but not promoted over it (POST "
-            f"/v1/models/{row.id}/activate to serve it anyway, or rerun)")}}
+            f"candidate {row.id} was saved but not promoted over it (activate it to serve it "
+            f"anyway, or rerun the job)")}}
     if not jobs.stage_transition(session, job_id, state, **fields):
         return None
     return Promotion(swapped, state, served, generation)

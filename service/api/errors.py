@@ -38,6 +38,21 @@ STATUS: tuple[tuple[type[ZSCLError], int], ...] = (
     (NotReady, 503),
 )
 _MODEL_LOAD_HINT = "the model version cannot be loaded; repair it or activate another: "
+# what to do about a missing record, by its kind: the records name the fact, the API the route
+NOT_FOUND_HINTS = {
+    "dataset": "GET /v1/datasets lists them",
+    "job": "GET /v1/jobs lists the jobs",
+    "label set": "create it with PUT /v1/label-sets/{key}",
+    "model version": "GET /v1/models lists the known versions",
+}
+
+
+def _message(exc: ZSCLError) -> str:
+    """The error's message, with the API's own hint where the error names what is missing."""
+    if isinstance(exc, ModelLoadError):
+        return f"{_MODEL_LOAD_HINT}{exc}"
+    hint = NOT_FOUND_HINTS.get(getattr(exc, "kind", None) or "") if isinstance(exc, NotFound) else None
+    return f"{exc}; {hint.format(key=exc.key)}" if hint else str(exc)
 
 
 def status_for(exc: ZSCLError) -> int:
@@ -65,8 +80,7 @@ def response_for(exc: ZSCLError) -> JSONResponse:
     if status == 500:
         logger.error("unmapped project error: %r", exc)
         return error_response(500, f"internal error: {exc}")
-    prefix = _MODEL_LOAD_HINT if isinstance(exc, ModelLoadError) else ""
-    return error_response(status, f"{prefix}{exc}", _headers_for(exc))
+    return error_response(status, _message(exc), _headers_for(exc))
 
 
 async def _project_error(_request: Request, exc: ZSCLError) -> JSONResponse:

@@ -22,7 +22,7 @@ def test_register_is_idempotent_and_sorts_metadata(session):
                                                                  {"task": "colours"})
     again = registry.register_version(session, "v1", "/elsewhere", None, {"source": "other"})
     assert again.path == "/x/v1" and again.source == "ViT-B-16"
-    with pytest.raises(UnknownVersion, match="GET /v1/models"):
+    with pytest.raises(UnknownVersion, match="not registered"):
         registry.get_version(session, "v2")
 
 
