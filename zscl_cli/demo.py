@@ -26,15 +26,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["add_demo", "FASHION_CLASSES", "DEFAULT_PETS_CLASSES", "PHOTO_CLASSES", "Written",
-           "write_cat", "write_pets", "write_suite", "suite_source"]
+__all__ = ["DEFAULT_PETS_CLASSES", "FASHION_CLASSES", "PHOTO_CLASSES", "Written", "add_demo",
+           "suite_source", "write_cat", "write_pets", "write_suite"]
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"
 # the labels of Fashion-MNIST's idx files, in order (zscl_bench.tasks.FASHION_CLASSES too)
 FASHION_CLASSES = ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
                    "bag", "ankle boot"]
-# five classes that look unlike each other: the starter reads them badly, a short job learns them
+# five classes that look unlike each other: the starter reads them poorly (47%), and a 40-step
+# job learns them (77%; the README tour)
 DEFAULT_PETS_CLASSES = ("T-shirt", "trouser", "dress", "sneaker", "bag")
 # where zscl_bench and the tests look for it: ``shared/data`` next to the repository
 CIFAR_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset.tar"
@@ -201,7 +202,7 @@ def write_suite(path: Path, source: str, cifar_tar: Path, per_class: int, seed: 
 
 
 def _report(written: list[Written], out: Path) -> None:
-    print(f"wrote {len(written)} files to {out}:")
+    print(f"wrote {len(written)} files to {out.resolve()}:")
     for item in written:
         total = sum(item.counts.values())
         if total == 1:  # one image: what it is is enough
@@ -218,6 +219,7 @@ def _report(written: list[Written], out: Path) -> None:
 
 
 def cmd_demo(args) -> int:
+    """Write the tour's three files and say what each holds and where it came from."""
     out = Path(args.out)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     unknown = [c for c in classes if c not in FASHION_CLASSES]
@@ -242,6 +244,7 @@ def cmd_demo(args) -> int:
 
 
 def add_demo(subparsers) -> None:
+    """The ``zscl demo`` subcommand: the README tour's data from what installs by name."""
     p = subparsers.add_parser("demo", help="write the README tour's files: cat.jpg, pets.zip, "
                                            "suite.zip")
     p.add_argument("--out", default=".", help="the folder to write them in (default: here)")

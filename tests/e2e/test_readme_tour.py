@@ -34,7 +34,9 @@ pytestmark = [pytest.mark.slow,
                                  reason="apt-get install dataset-fashion-mnist")]
 
 TOUR_MARK = "<!-- tour: tests/e2e/test_readme_tour.py runs the next block -->"
-TOUR_TIMEOUT_S = 1500  # the whole tour; on 2 idle CPU cores it takes a few minutes
+# the whole tour takes a few minutes on 2 idle CPU cores, but many times that on a loaded machine
+# (the job's steps); a deadline is only paid by a hang
+TOUR_TIMEOUT_S = 1500
 _FENCE = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _STEP = re.compile(r"^@@tour-end (\d+) (\d+) ([\d.]+)$", re.MULTILINE)
 
@@ -86,7 +88,7 @@ def _run_tour(commands: list[str], cwd: Path, port: int) -> list[tuple[str, int,
     this one's less every ``ZSCL_`` variable, plus ``ZSCL_PORT``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZSCL_")}
     env["ZSCL_PORT"] = str(port)
-    done = subprocess.run(["bash", "-c", _script(commands)], cwd=cwd, env=env, text=True,
+    done = subprocess.run(["bash", "-c", _script(commands)], check=False, cwd=cwd, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           timeout=TOUR_TIMEOUT_S, stdin=subprocess.DEVNULL)
     steps = []
@@ -109,6 +111,7 @@ def _step(steps, prefix: str, last: bool = False) -> str:
     return matching[-1 if last else 0]
 
 
+@pytest.mark.timeout(TOUR_TIMEOUT_S + 300)  # past pyproject's 900 s: the starter's build too
 def test_the_readme_tour_runs_as_written(stack_factory, starter_dir, tmp_path):
     commands = tour_commands((REPO / "README.md").read_text(encoding="utf-8"))
     assert commands and commands[0].startswith("export ZSCL_ADMIN_KEY="), commands[:1]
@@ -142,10 +145,10 @@ def test_the_readme_tour_runs_as_written(stack_factory, starter_dir, tmp_path):
     promoted = re.search(r"now serving (\S+)", watched).group(1)
     assert promoted != starter
     first = _step(steps, "zscl classify")
-    assert f"model version {promoted}" in first and re.search(r"^cat\.jpg: cat ", first, re.M), first
+    assert f"model version {promoted}" in first and re.search(r"^cat\.jpg: cat ", first, re.MULTILINE), first
     rollback = _step(steps, "zscl models activate")
     assert rollback.startswith(f"serving {starter} (was {promoted},"), rollback
     final = _step(steps, "zscl classify", last=True)
-    assert f"model version {starter}" in final and re.search(r"^cat\.jpg: cat ", final, re.M), final
+    assert f"model version {starter}" in final and re.search(r"^cat\.jpg: cat ", final, re.MULTILINE), final
     assert httpx.get(f"{stack.url}/livez", timeout=REQUEST_TIMEOUT_S).headers["X-Model-Version"] \
         == starter
