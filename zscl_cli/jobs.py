@@ -50,7 +50,7 @@ def print_job(job: dict) -> None:
     if job.get("error"):
         print(f"  error: {job['error'].get('type')}: {job['error'].get('message')}")
     if job.get("candidate_version") and job["state"] == "succeeded":
-        print(f"  now serving {job['candidate_version']}")
+        print(f"  promoted: {job['candidate_version']}")
 
 
 def cmd_job_create(args) -> int:
@@ -130,7 +130,27 @@ def cmd_job_watch(args) -> int:
     else:
         job = _watch_lines(snapshots, ProgressLines(args.every))
     print_job(job)
+    if job["state"] == "succeeded" and job.get("candidate_version"):
+        _wait_served(args, job["candidate_version"])
     return {"succeeded": 0, "rejected": 2}.get(job["state"], 1)
+
+
+SWAP_PATIENCE_S = 60  # an API process switches once it has loaded the version: seconds, on a CPU
+
+
+def _wait_served(args, version: str) -> None:
+    """Return once the API answers from ``version`` (the pointer moves at promotion; each API
+    process then loads the version and swaps), so that the next command is answered by it."""
+    deadline = time.monotonic() + SWAP_PATIENCE_S
+    served = None
+    while time.monotonic() < deadline:
+        served = http.call(args, "GET", "/livez").headers.get("X-Model-Version")
+        if served == version:
+            print(f"  now serving {version}")
+            return
+        time.sleep(0.5)
+    print(f"  the API still answered from {served} after {SWAP_PATIENCE_S} s; it switches to "
+          f"{version} once it has loaded it (`zscl models list` shows the pointer)")
 
 
 def cmd_job_cancel(args) -> int:

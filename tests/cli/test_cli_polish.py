@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import types
 
 import pytest
 
 from zscl_bench import cli as bench_cli
-from zscl_cli import http
+from zscl_cli import http, jobs
 from zscl_cli import main as cli
 from zscl_cli.jobs import METHOD_NAMES
 from zscl_cli.progress import ProgressLines
@@ -236,6 +237,8 @@ def watched(monkeypatch):
     polls = []
 
     def call(args, method, path, **kwargs):
+        if path == "/livez":  # the API answers from the promoted version
+            return types.SimpleNamespace(headers={"X-Model-Version": "v2"})
         polls.append(path)
         return _Answer(next(snapshots))
 
@@ -250,8 +253,8 @@ def test_watch_to_a_file_prints_state_changes_and_tenths_only(watched, capsys):
     assert _said(lines) == ([("queued", 0), ("running", 0)]
                             + [("running", p) for p in range(10, 50, 10)]  # 999 of 2000 steps
                             + [("succeeded", 100)])
-    assert len(lines) == len(_said(lines)) + 2  # and print_job's summary, as before
-    assert lines[-1] == "  now serving v2"  # then print_job's summary, as before
+    assert len(lines) == len(_said(lines)) + 3  # print_job's summary, then the swap seen
+    assert lines[-2:] == ["  promoted: v2", "  now serving v2"]
     assert sum(len(line) + 1 for line in lines) < 1_000
 
 
@@ -262,3 +265,18 @@ def test_watch_on_a_terminal_keeps_the_live_bar(watched, capsys, monkeypatch):
     assert "\r" in out and "2000/2000" in out  # tqdm's redrawn line
     assert not _said(out.splitlines())  # no ProgressLines on a terminal
     assert out.splitlines()[-1] == "  now serving v2"
+
+
+def test_watch_says_so_when_the_api_has_not_switched_yet(monkeypatch, capsys):
+    snapshots = iter([_job("succeeded", 10, 10, candidate_version="v2")])
+
+    def call(args, method, path, **kwargs):
+        if path == "/livez":  # still loading the promoted version
+            return types.SimpleNamespace(headers={"X-Model-Version": "v1"})
+        return _Answer(next(snapshots))
+
+    monkeypatch.setattr(http, "call", call)
+    monkeypatch.setattr(jobs, "SWAP_PATIENCE_S", 0.2)
+    assert cli.main(["job", "watch", "j1", "--interval", "0", "--url", "http://x"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "still answered from v1" in last and "switches to v2" in last
