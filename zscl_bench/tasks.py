@@ -135,7 +135,9 @@ def _array_task(name: str, source: str, classnames: list[str], templates: tuple[
                 _from_arrays(*test, test_idx, classnames), templates, source)
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
+    """The array in a gzipped IDX file (the MNIST family's format: a magic number, the
+    dimensions as big-endian uint32, then the uint8 values)."""
     with gzip.open(path, "rb") as f:
         data = f.read()
     dims = data[3]
@@ -150,7 +152,7 @@ def load_fashion_mnist(options: LoadOptions,
     if not all((root / n).is_file() for n in names):
         raise DatasetError(f"Fashion-MNIST is not in {root}; install it with "
                            "`apt-get install dataset-fashion-mnist`")
-    arrays = [_read_idx(root / n) for n in names]
+    arrays = [read_idx(root / n) for n in names]
     return _array_task("fashion_mnist", str(root), FASHION_CLASSES, FASHION_TEMPLATES,
                        (arrays[0], arrays[1]), (arrays[2], arrays[3]), options)
 

@@ -14,10 +14,8 @@ Runs in CI: .ci/run installs Debian's dataset-fashion-mnist (its absence there i
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
-import struct
 from pathlib import Path
 
 import httpx
@@ -27,7 +25,7 @@ from PIL import Image
 
 from tests.helpers import ADMIN
 from tests.helpers.processes import REQUEST_TIMEOUT_S, START_DEADLINE_S, wait_until
-from zscl_bench.tasks import FASHION_CLASSES, FASHION_TEMPLATES
+from zscl_bench.tasks import FASHION_CLASSES, FASHION_TEMPLATES, read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 if os.environ.get("CI") and not FASHION.exists():
@@ -40,17 +38,10 @@ pytestmark = [pytest.mark.slow,
 PER_CLASS, ANSWERED_PER_CLASS = 30, 20
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    shape = struct.unpack(f">{data[3]}I", data[4:4 + 4 * data[3]])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * data[3]).reshape(shape)
-
-
 def _fashion_images() -> list[tuple[str, bytes, str]]:
     """(name, PNG bytes, true label): the first 30 test images of each class, class by class."""
-    images = _read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
-    labels = _read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
     out = []
     for label in range(10):
         for rank, index in enumerate(np.flatnonzero(labels == label)[:PER_CLASS]):

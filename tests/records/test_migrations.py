@@ -7,11 +7,9 @@ answers."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,10 +24,10 @@ from records.errors import SchemaMismatch
 from records.migrations import BASELINE, head_revision, runner
 from records.settings import Settings
 from records.tables import Base
+from tests.helpers.postgres import fresh_database
 from zscl_cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN_URL = os.environ.get("ZSCL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 # What SQLAlchemy's create_all emitted for records/tables.py at 562c6fa, the last schema made
 # without migrations (CreateTable / CreateIndex compiled for each dialect), kept literal so that
@@ -142,21 +140,8 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'zscl.sqlite'}"
         return
-    pytest.importorskip("psycopg")
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"zscl_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - no server here: nothing to test against
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {exc}")
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture()

@@ -4,38 +4,22 @@ local one, trust auth); skipped where none answers."""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
-from sqlalchemy import create_engine, text
 
 from records import db, jobs, registry
 from records.tables import Dataset
-
-ADMIN_URL = os.environ.get("ZSCL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from tests.helpers.postgres import fresh_database
 
 
 @pytest.fixture()
 def pg_sessions():
-    pytest.importorskip("psycopg")
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"zscl_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - no server here: nothing to test against
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {exc}")
-    engine = db.make_engine(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        db.create_all(engine)
-        yield db.make_session_factory(engine)
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}"'))
-        admin.dispose()
+    with fresh_database() as url:
+        engine = db.make_engine(url)
+        try:
+            db.create_all(engine)
+            yield db.make_session_factory(engine)
+        finally:
+            engine.dispose()
 
 
 def test_promotion_is_a_compare_and_swap_on_postgres(pg_sessions, tmp_path):

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 
 import pytest
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import DBAPIError
 
 from records import jobs, label_sets, registry
 from records.db import create_all, make_engine, make_session_factory
 from records.label_sets import LabelSetUpdate
 from records.tables import Dataset, JobEvent
+from tests.helpers.postgres import fresh_database
 
-PG_ADMIN_URL = os.environ.get("ZSCL_TEST_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 METRICS = {"new_task_after": 90.0}
 REPORT = {"passed": True, "rows": []}
 LABELS = LabelSetUpdate("stripes", ["h", "v"], ["a {}"], source="dataset:d")
@@ -42,24 +40,13 @@ def engine(request, tmp_path):
         yield engine
         engine.dispose()
         return
-    pytest.importorskip("psycopg")
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"zscl_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - no server here: nothing to test against
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
-    engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        create_all(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database() as url:
+        engine = make_engine(url)
+        try:
+            create_all(engine)
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture()
