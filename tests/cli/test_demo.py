@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import re
 import struct
 import zipfile
@@ -21,13 +20,10 @@ import pytest
 from PIL import Image
 
 from records.ingest import IngestLimits, ingest_dataset
+from tests.helpers.fashion import FASHION
 from zscl_bench.tasks import FASHION_CLASSES, default_shared_data
 from zscl_cli import demo
 from zscl_cli import main as cli
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-if os.environ.get("CI") and not FASHION.exists():
-    raise RuntimeError(f"{FASHION} is missing in CI; .ci/run installs dataset-fashion-mnist")
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

@@ -15,8 +15,6 @@ Runs in CI: .ci/run installs Debian's dataset-fashion-mnist (its absence there i
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,16 +22,11 @@ import pytest
 from PIL import Image
 
 from tests.helpers import ADMIN
+from tests.helpers.fashion import FASHION, needs_fashion
 from tests.helpers.processes import REQUEST_TIMEOUT_S, START_DEADLINE_S, wait_until
 from zscl_bench.tasks import FASHION_CLASSES, FASHION_TEMPLATES, read_idx
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-if os.environ.get("CI") and not FASHION.exists():
-    raise RuntimeError(f"{FASHION} is missing in CI; .ci/run installs dataset-fashion-mnist")
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not FASHION.exists(),
-                                 reason="apt-get install dataset-fashion-mnist")]
+pytestmark = [pytest.mark.slow, needs_fashion]
 
 PER_CLASS, ANSWERED_PER_CLASS = 30, 20
 

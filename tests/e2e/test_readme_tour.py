@@ -23,15 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.fashion import needs_fashion
 from tests.helpers.processes import REPO, REQUEST_TIMEOUT_S
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-if os.environ.get("CI") and not FASHION.exists():
-    raise RuntimeError(f"{FASHION} is missing in CI; .ci/run installs dataset-fashion-mnist")
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not FASHION.exists(),
-                                 reason="apt-get install dataset-fashion-mnist")]
+pytestmark = [pytest.mark.slow, needs_fashion]
 
 TOUR_MARK = "<!-- tour: tests/e2e/test_readme_tour.py runs the next block -->"
 # the whole tour takes a few minutes on 2 idle CPU cores, but many times that on a loaded machine

@@ -13,22 +13,18 @@ Runs in CI: .ci/run installs Debian's dataset-fashion-mnist (its absence there i
 a skip) and CI has ../shared/data next to the clone; elsewhere it skips when the data is missing.
 """
 
-import os
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.fashion import FASHION
 from zscl_bench.tasks import LoadOptions, default_shared_data
 from zscl_bench.updates import DEFAULT_REFERENCE_IMAGES, UpdatesBenchConfig, run_updates
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_TAR = default_shared_data() / "cifar10-subset.tar"
 
 # In CI (``CI`` set) Fashion-MNIST must be there: .ci/run installs it, so its absence fails the
-# test. ../shared/data is the CI machine's (next to the clone); a clone elsewhere without it
+# test (tests/helpers/fashion.py). ../shared/data is the CI machine's (next to the clone); a clone elsewhere without it
 # skips, as every test using that folder does (../shared/data/README.md).
-if os.environ.get("CI") and not FASHION.exists():
-    raise RuntimeError(f"{FASHION} is missing in CI; .ci/run installs dataset-fashion-mnist")
 MISSING = [str(p) for p in (FASHION, CIFAR_TAR) if not p.exists()]
 
 pytestmark = [pytest.mark.slow,

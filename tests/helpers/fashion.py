@@ -1,0 +1,16 @@
+"""Debian's Fashion-MNIST (package dataset-fashion-mnist): where it lies, and CI's rule that it
+must be there (.ci/run installs it; importing this module in CI without it is an error)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+if os.environ.get("CI") and not FASHION.exists():
+    raise RuntimeError(f"{FASHION} is missing in CI; .ci/run installs dataset-fashion-mnist")
+
+#: skip a test where the package is not installed (outside CI)
+needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="apt-get install dataset-fashion-mnist")
