@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY zscl_core ./zscl_core
 COPY zscl_bench ./zscl_bench
 COPY records ./records
+COPY jobqueue ./jobqueue
 COPY service ./service
 COPY worker ./worker
 COPY zscl_cli ./zscl_cli

@@ -4,7 +4,7 @@
 the same multipart requests. It serves ``POST /v1/classify`` (fields ``images``, ``labels``
 comma-separated, ``templates``, ``top_k``) with what the service runs per request: the version
 loaded and warmed by ``service.serving.load_served``, images decoded by
-``records.imaging.preprocess_images`` with the version's preprocessing, text heads from a
+``service.imaging.preprocess_images`` with the version's preprocessing, text heads from a
 ``zscl_core.HeadCache``, batched ``ServedModel.encode_images`` on the service's path to and from
 the device (``service.batching.to_device``/``to_host``) and the service's ranking
 (``service.batching.rank``). LitServe's ``max_batch_size`` counts requests, the service's images:
@@ -33,13 +33,13 @@ from pathlib import Path
 import litserve as ls
 import torch
 
-from records.imaging import preprocess_images
-from records.runtime import tune_process
 from records.settings import Settings
 from service import batching
 from service.batching import rank
+from service.imaging import preprocess_images
 from service.serving import load_served
 from zscl_core import DEFAULT_TEMPLATES, HeadCache
+from zscl_core.runtime import tune_process
 
 logger = logging.getLogger("benchmarks.litserve_peer")
 

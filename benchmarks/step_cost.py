@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from records.runtime import tune_process
+from zscl_core.runtime import tune_process
 from records.settings import Settings
 from zscl_core import (LabelledImages, ReferenceSet, UnlabelledImages, UpdateConfig,
                        default_reference_texts, encode_texts, load_model, run_update,
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false",
                         help="leave glibc's malloc at its defaults (the worker keeps freed "
-                             "memory, records.runtime; ZSCL_TUNE_MALLOC=false turns that off)")
+                             "memory, zscl_core.runtime; ZSCL_TUNE_MALLOC=false turns that off)")
     return parser
 
 

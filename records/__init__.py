@@ -1,5 +1,5 @@
 """records: the persistence layer shared by the API (``service``) and the workers (``worker``);
-it imports only ``zscl_core``, never the web or the queue's callers. Import its modules by name
+it imports only ``zscl_core``, never the queue (``jobqueue``), the web or the worker. Import its modules by name
 (``from records import jobs``); this package re-exports nothing.
 
 - ``settings``: the one settings object per process, read from ``ZSCL_`` environment variables.
@@ -12,9 +12,6 @@ it imports only ``zscl_core``, never the web or the queue's callers. Import its 
 - ``datasets``: dataset rows for uploaded archives, and zero-shot suites.
 - ``ingest``: turning an uploaded zip or tar into a validated, content-addressed dataset directory.
 - ``jobs``: job records: creation, state transitions, progress, events, cancel, reaping.
-- ``queue``: the Celery application and sending jobs to it.
 - ``feedback``: predictions kept with their images, users' answers, live accuracy.
 - ``feedback_dataset``: a label set's answered predictions as an ordinary dataset.
-- ``imaging``: image decoding with limits, bytes in and a preprocessed tensor out.
-- ``runtime``: process-wide settings (torch threads, allocator) for the processes that run models.
 """

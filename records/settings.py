@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     queue_max: int = Field(512, gt=0, description="images waiting for inference before 429")
     torch_threads: int | None = Field(None, gt=0)
     tune_malloc: bool = Field(True, description="keep freed memory in glibc's heap instead of "
-                              "returning it after every forward (records.runtime)")
+                              "returning it after every forward (zscl_core.runtime)")
     head_cache_size: int = Field(128, gt=0)
     # serve each version's image tower as a frozen TorchScript graph (service.serving)
     trace_images: bool = True

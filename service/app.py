@@ -21,9 +21,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from records.errors import SchemaMismatch
-from records.runtime import tune_process
 from records.settings import Settings
 from zscl_core import ZSCLError
+from zscl_core.runtime import tune_process
 
 from .api.errors import install_error_handlers
 from .api.main import UNCAPPED_ROUTES, api_router, health_router
@@ -65,7 +65,7 @@ async def _reap_forever(services: Services) -> None:
     they never stay 'running' forever."""
     from records import jobs
     from records.ingest import remove_stale_temp_dirs
-    from records.queue import send_requeued
+    from jobqueue import send_requeued
 
     settings = services.settings
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from records.errors import ClientGone, InvalidRequest, PayloadTooLarge
-from records.imaging import preprocess_images
 from records.label_sets import get_label_set
 from zscl_core import DEFAULT_TEMPLATES, WorkAbandoned
 
 from .batching import MicroBatcher
+from .imaging import preprocess_images
 from .schemas import check_labels, check_templates
 from .serving import ModelHolder, ServedModel
 

@@ -65,7 +65,7 @@ def build_services(settings: Settings) -> Services:
     embedder = Embedder(holder, batcher, text_builder,
                         EmbedLimits(settings.max_batch_images, settings.max_image_pixels,
                                     settings.max_embed_texts))
-    from records.queue import create_celery
+    from jobqueue import create_celery
     celery = create_celery(settings)
     return Services(settings, engine, sessions, metrics, holder, batcher, classifier, celery,
                     feedback=FeedbackService(sessions, settings, celery, metrics),

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from records.errors import InvalidRequest, QueueFull
-from records.imaging import preprocess_images
 from zscl_core import HeadCache, encode_texts
 
 from .batching import MicroBatcher
 from .head_builder import HeadBuilder
+from .imaging import preprocess_images
 from .serving import ModelHolder, ServedModel
 
 __all__ = [

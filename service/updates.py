@@ -84,7 +84,7 @@ def submit_job(sessions: sessionmaker[Session], settings: Settings, celery: Cele
                                        hparams=hparams, gate=body.gate,
                                        idempotency_key=idempotency_key, trigger=trigger)
     if created:
-        from records.queue import QUEUE, TASK_RUN_JOB
+        from jobqueue import QUEUE, TASK_RUN_JOB
 
         try:
             celery.send_task(TASK_RUN_JOB, args=[job.id], queue=QUEUE)

@@ -24,6 +24,15 @@ def test_an_upward_or_sideways_import_is_reported():
                         "x.py:7: zscl_core must not import records (records.jobs)"]
 
 
+def test_records_may_not_import_the_queue_contract_but_both_edges_may():
+    known = {name: ROOT / "x.py" for name in ("records.jobs", "jobqueue", "service.updates",
+                                              "worker.tasks")}
+    graph = {"records.jobs": {"jobqueue": 4}, "jobqueue": {"records.jobs": 1},
+             "service.updates": {"jobqueue": 2}, "worker.tasks": {"jobqueue": 9}}
+    assert check_layout.layer_violations(graph, known) == [
+        "x.py:4: records must not import jobqueue (jobqueue)"]
+
+
 def test_a_cycle_through_function_level_imports_is_reported(tmp_path):
     package = tmp_path / "records"
     package.mkdir()

@@ -4,7 +4,7 @@ Settings are read from the environment here, once, as at every entry point. The 
 this package's task modules, so that the worker registers the tasks the API sends by name.
 """
 
-from records.queue import create_celery
+from jobqueue import create_celery
 from records.settings import Settings
 from worker import tasks
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 from celery import current_app, shared_task
 from celery.signals import worker_process_init, worker_ready
 
-from records.queue import TASK_RUN_JOB
+from jobqueue import TASK_RUN_JOB
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _runner():
 
 @worker_process_init.connect
 def _tune(**_kwargs) -> None:
-    from records.runtime import tune_process
+    from zscl_core.runtime import tune_process
 
     settings = current_app.conf.zscl_settings
     tune_process(torch_threads=settings.torch_threads, tune_malloc=settings.tune_malloc)
@@ -55,9 +55,9 @@ def _reap_on_start(**_kwargs) -> None:
     """Jobs left running by a worker that died are requeued (while they have retries left) or
     failed before new work starts; a version it was saving, half-written, is removed (one that
     a live worker is saving is locked, and kept). In embedded mode, the queued jobs are sent
-    again: the one a killed worker had taken has no message left (``records.queue.queued_jobs``)."""
+    again: the one a killed worker had taken has no message left (``jobqueue.queued_jobs``)."""
     from records import db, jobs
-    from records.queue import queued_jobs, send_requeued
+    from jobqueue import queued_jobs, send_requeued
     from zscl_core.tempdirs import remove_unlocked_temp_dirs
 
     settings = current_app.conf.zscl_settings

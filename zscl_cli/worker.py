@@ -34,7 +34,7 @@ PID_FILE = "embedded-worker.pid"  # in the data dir, while `zscl serve` runs its
 
 def cmd_worker(args) -> int:
     """``zscl worker``: run a Celery worker that takes update jobs one at a time, until stopped."""
-    from records.queue import QUEUE
+    from jobqueue import QUEUE
     from worker.app import app
 
     argv = ["worker", f"--loglevel={args.log_level}", "--concurrency", "1", "--pool", args.pool,

@@ -1,11 +1,14 @@
-"""Datasets the library trains and evaluates on: labelled image folders and unlabelled images."""
+"""Datasets the library trains and evaluates on: labelled image folders and unlabelled images;
+and opening an untrusted image with a cap on its pixels (:func:`open_capped`)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import torch
 from PIL import Image
@@ -14,10 +17,11 @@ from torch.utils.data import Dataset
 from .errors import DatasetError
 
 __all__ = ["IMAGE_SUFFIXES", "LabelledImages", "UnlabelledImages", "scan_image_folder",
-           "class_name_from_folder"]
+           "class_name_from_folder", "open_capped"]
 
 logger = logging.getLogger(__name__)
 
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")  # "Image size (400000000 pixels) exceeds limit..."
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
@@ -111,3 +115,36 @@ def stack_batch(batch):
     """Collate (tensor, int) pairs into (tensor batch, long tensor)."""
     images, targets = zip(*batch)
     return torch.stack(images), torch.tensor(targets, dtype=torch.long)
+
+
+def open_capped(source: str | bytes | IO[bytes], *, max_pixels: int,
+                too_large: Callable[[str, int], Exception],
+                formats: tuple[str, ...] | list[str] | None = None) -> Image.Image:
+    """``Image.open`` (header only) with at most ``max_pixels`` pixels.
+
+    Args:
+        source: a path or a binary file object.
+        max_pixels: the cap.
+        too_large: builds the error to raise from a description of the size, e.g.
+            ``"20000x20000 = 400000000 pixels"`` (or ``"400000000 pixels"`` when Pillow refused
+            the header itself), and the limit it broke; the caller names the file.
+        formats: as ``Image.open``.
+
+    Raises:
+        what ``too_large`` returns; UnidentifiedImageError, OSError...: as ``Image.open``.
+    """
+    try:
+        image = Image.open(source, formats=formats)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = _PILLOW_PIXELS.search(str(exc))
+        if found is None:
+            raise too_large(f"too many pixels ({exc})", max_pixels) from exc
+        pixels = int(found.group(1))
+        # only a cap set above Pillow's own limit lets Pillow refuse an image within the cap
+        limit = max_pixels if pixels > max_pixels else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise too_large(f"{pixels} pixels", limit) from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise too_large(f"{width}x{height} = {width * height} pixels", max_pixels)
+    return image

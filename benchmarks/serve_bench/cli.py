@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 1 on CPU, max(2, service HTTP processes // 2) on CUDA)")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=None,
                         help="leave glibc's malloc at its defaults on every side (the service "
-                             "keeps freed memory by default, records.runtime)")
+                             "keeps freed memory by default, zscl_core.runtime)")
     parser.add_argument("--big-labels", type=int, default=1000,
                         help="labels of the head-cache miss request (0: skip it)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -139,7 +139,7 @@ def run(argv: list[str] | None = None) -> dict:
         parser.error("--rounds must be at least 1 and --seconds positive")
     import torch
 
-    from records.runtime import tune_process
+    from zscl_core.runtime import tune_process
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}, but torch {torch.__version__} sees no CUDA device")

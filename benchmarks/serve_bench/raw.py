@@ -52,7 +52,7 @@ def raw_forward(served, pixels, head, seconds: float) -> dict:
     measurement part, each batch's time as its latency.
 
     It runs on a thread of its own, as the service's forward runs on its inference thread
-    (where the process is left at glibc's malloc defaults, see ``records.runtime``, the main
+    (where the process is left at glibc's malloc defaults, see ``zscl_core.runtime``, the main
     thread's heap made the same forward ~35% slower than a thread's here). On CUDA every batch
     ends with a synchronisation: its time is the device's, not the launch's."""
     import torch

@@ -15,11 +15,10 @@ from collections import defaultdict
 
 from PIL import Image, UnidentifiedImageError
 
-from zscl_core.data import class_name_from_folder
+from zscl_core.data import class_name_from_folder, open_capped
 from zscl_core.errors import DatasetError
 
 from ..errors import DatasetTooLarge, UnsafeArchive
-from ..imaging import open_capped
 from .archive import IngestLimits, Member, safe_name
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from records.errors import NotReady, QueueFull
-from records.imaging import preprocess_images
+from service.imaging import preprocess_images
 from service.api.errors import response_for
 from service.batching import MicroBatcher, to_device, to_host
 from service.serving import ServedModel, frozen_image_encoder, load_served

@@ -1,7 +1,7 @@
 """The worker's Celery app (``worker.app``, what ``zscl worker`` and the embedded worker run)
-registers the task that the API sends by name (``records.queue.TASK_RUN_JOB``)."""
+registers the task that the API sends by name (``jobqueue.TASK_RUN_JOB``)."""
 
-from records.queue import TASK_RUN_JOB
+from jobqueue import TASK_RUN_JOB
 
 
 def test_the_worker_app_includes_its_task_modules_and_registers_run_job():

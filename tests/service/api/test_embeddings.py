@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import torch
 
-from records.imaging import preprocess_images
+from service.imaging import preprocess_images
 from service import embeddings as embeddings_module
 from tests.helpers import ADMIN, ADMIN_KEY, INFERENCE_KEY
 from tests.helpers.colour import (

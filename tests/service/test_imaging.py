@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from records.errors import InvalidImage, PayloadTooLarge
-from records.imaging import decode_image, preprocess_images
+from service.imaging import decode_image, preprocess_images
 from tests.helpers.archives import huge_png
 from tests.helpers.colour import png_bytes
 

@@ -1,4 +1,7 @@
-"""The Celery application, built from settings.
+"""jobqueue: the contract between the API and the workers: the update queue's name, the task
+name the API sends and the worker defines, and the Celery application, built from settings.
+It sits between ``records`` (which it reads jobs from) and the two edges, ``service`` and
+``worker``, which both import it and never each other.
 
 Embedded mode uses kombu's SQLAlchemy transport over a SQLite file (real Celery, no server);
 distributed mode uses Redis. Jobs are long and precious, so: late acks (a message is acked only

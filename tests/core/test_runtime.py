@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from records.runtime import keep_freed_memory
+from zscl_core.runtime import keep_freed_memory
 
 # Run in a child process: the allocator setting is process-wide. It allocates and frees
 # 20-28 MB tensors (above glibc's default mmap threshold) and counts the page faults.
 SCRIPT = """
 import resource, torch
-from records.runtime import keep_freed_memory
+from zscl_core.runtime import keep_freed_memory
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -1,10 +1,10 @@
-"""The shared Celery app (records.queue): it names no worker module, and sends jobs by task name;
+"""The shared Celery app (jobqueue): it names no worker module, and sends jobs by task name;
 the jobs an embedded worker sends again when it starts (queued_jobs): those still queued, oldest
 first; not one that runs or ended."""
 
 from records import jobs
 from records.db import create_all, make_engine, make_session_factory
-from records.queue import QUEUE, TASK_RUN_JOB, create_celery, queued_jobs, send_job
+from jobqueue import QUEUE, TASK_RUN_JOB, create_celery, queued_jobs, send_job
 from records.settings import Settings
 from records.tables import Dataset
 
