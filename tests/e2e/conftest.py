@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import ADMIN_KEY
 from tests.helpers.archives import write_reference_dir
-from tests.helpers.processes import Stack, redis_server
+from tests.helpers.processes import HEARTBEAT_TIMEOUT_S, Stack, redis_server
 from zscl_core import save_version
 
 
@@ -35,9 +35,8 @@ def stack_factory(tmp_path, pretrained_tiny):
         base = {k: v for k, v in os.environ.items() if not k.startswith("ZSCL_")}
         base.update({"ZSCL_DATA_DIR": str(data_dir), "ZSCL_MODEL": str(data_dir / "versions" / "v-tiny"),
                      "ZSCL_ADMIN_KEY": ADMIN_KEY, "ZSCL_TORCH_THREADS": "1",
-                     # a live worker beats every 2 s, but a busy machine delays it (CPU, and
-                     # SQLite's write lock, waited for up to 10 s): 6 s could call it lost
-                     "ZSCL_RECONCILE_INTERVAL_S": "0.5", "ZSCL_JOB_HEARTBEAT_TIMEOUT_S": "20",
+                     "ZSCL_RECONCILE_INTERVAL_S": "0.5",
+                     "ZSCL_JOB_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
                      "ZSCL_REFERENCE_DIR": str(write_reference_dir(tmp_path / "reference")),
                      "ZSCL_START_WORKER": "false"})
         if redis:

@@ -31,8 +31,10 @@ from PIL import Image
 from records.settings import Settings
 from service.app import create_app
 from tests.helpers import ADMIN_KEY
-from tests.helpers.processes import free_port, wait_until
+from tests.helpers.processes import (REQUEST_TIMEOUT_S, START_DEADLINE_S, STOP_DEADLINE_S, free_port,
+                                     wait_until)
 from tests.helpers.synthetic import write_tiny_config
+from zscl_cli.main import GRACEFUL_SHUTDOWN_S
 from zscl_core import load_model, save_version
 
 COLOUR_LABELS = "red,green,blue,yellow"
@@ -136,7 +138,8 @@ def make_settings(data_dir, **overrides) -> Settings:
     return Settings(**values)
 
 
-def wait_ready(client, timeout_s: float = 20.0):
+def wait_ready(client, timeout_s: float = START_DEADLINE_S):
+    """The app's /readyz answer once it is 200 (its model loaded and warmed)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = client.get("/readyz")
@@ -161,26 +164,35 @@ def classify_files(client, *images: tuple[str, bytes], labels: str = COLOUR_LABE
 
 def _answers_ready(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/readyz").status_code == 200
+        return httpx.get(f"{url}/readyz", timeout=REQUEST_TIMEOUT_S).status_code == 200
     except httpx.HTTPError:
         return False
 
 
 @contextlib.contextmanager
-def live_server(settings: Settings):
-    """A real uvicorn server of the app on a free port, in a thread, ready (model loaded);
-    yields its URL."""
+def live_app(app):
+    """A real uvicorn server of ``app`` on a free port, in a thread, ready (model loaded);
+    yields its URL. It stops as `zscl serve` does (what is still in flight, an event stream a
+    browser left open, say, gets GRACEFUL_SHUTDOWN_S), so one still running long after is hung."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers_ready(url), 30, 0.05, "the app ready")
+        wait_until(lambda: _answers_ready(url), START_DEADLINE_S, 0.05, "the app ready")
         yield url
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=STOP_DEADLINE_S)
+        assert not thread.is_alive(), f"the server at {url} still running {STOP_DEADLINE_S}s after its stop"
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings):
+    """:func:`live_app` of the app made from ``settings``; yields its URL."""
+    with live_app(create_app(settings)) as url:
+        yield url

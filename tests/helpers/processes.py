@@ -31,9 +31,16 @@ REQUEST_TIMEOUT_S = 120
 # a server starting, or catching up: serving a version another process promoted or activated,
 # summing its processes' metrics, reaping a lost worker's job
 START_DEADLINE_S = 300
-# a job is waited for as long as it moves (state, step, losses, report): it fails only after
-# this long without any change, however long the whole job takes
+# a job is waited for as long as it moves (state, step, losses, report), and so is other work
+# that shows its progress (head builds ending one by one): it fails only after this long
+# without any change, however long the whole takes
 JOB_STALL_S = 300
+# a running job whose worker has not beaten for this long is taken for lost
+# (ZSCL_JOB_HEARTBEAT_TIMEOUT_S, the service's default): a live worker beats every 2 s, but a
+# loaded machine delays a beat (CPU; SQLite's write lock, waited for up to 10 s), and a live
+# worker taken for lost fails its job. A test that kills a worker waits this long, and up to a
+# quarter more (the reaper's interval), for the job to be reaped: well within JOB_STALL_S
+HEARTBEAT_TIMEOUT_S = 60
 
 
 def free_port() -> int:

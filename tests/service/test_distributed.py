@@ -20,7 +20,8 @@ import redis
 from records import registry
 from records.db import create_all, make_engine, make_session_factory
 from tests.helpers import ADMIN_KEY
-from tests.helpers.processes import REPO, free_port, redis_server, wait_until
+from tests.helpers.processes import (REPO, REQUEST_TIMEOUT_S, START_DEADLINE_S, STOP_DEADLINE_S, free_port,
+                                     redis_server, wait_until)
 
 # never skipped in CI (.ci/run installs redis-server); elsewhere, skipped without it
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None and not os.environ.get("CI"),
@@ -90,13 +91,14 @@ def start_api(data_dir: Path, port: int, redis_url: str, reconcile_s: float, log
 
 def served(port: int) -> str | None:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).headers["X-Model-Version"]
+        response = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=REQUEST_TIMEOUT_S)
+        return response.headers["X-Model-Version"]
     except httpx.HTTPError:
         return None
 
 
 def swaps(port: int, trigger: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=REQUEST_TIMEOUT_S).text
     prefix = f'zscl_model_swaps_total{{trigger="{trigger}"}} '
     return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
 
@@ -121,9 +123,11 @@ def _follow_redis_and_reconcile(data_dir: Path, tmp_path: Path, redis_port: int,
         procs.append(start_api(data_dir, ports[0], redis_url, 30.0, logs[0]))
         procs.append(start_api(data_dir, ports[1], f"redis://127.0.0.1:{cable.port}/0", 2.0, logs[1]))
         for port in ports:
-            wait_until(lambda p=port: served(p) == "v-colour", 90, 0.2, f"port {port} serving v-colour")
+            wait_until(lambda p=port: served(p) == "v-colour", START_DEADLINE_S, 0.2,
+                       f"port {port} serving v-colour")
         probe = redis.Redis(port=redis_port)
-        wait_until(lambda: probe.pubsub_numsub(registry.CHANNEL)[0][1] == 2, 10, 0.02, "both subscribed")
+        wait_until(lambda: probe.pubsub_numsub(registry.CHANNEL)[0][1] == 2, START_DEADLINE_S, 0.02,
+                   "both subscribed")
         probe.close()
 
         # 1. a worker promotes v-swapped: DB compare-and-swap, then a pub/sub message
@@ -134,27 +138,27 @@ def _follow_redis_and_reconcile(data_dir: Path, tmp_path: Path, redis_port: int,
             _, generation = registry.get_serving(session)
         engine.dispose()
         assert registry.notify(redis_url, "v-swapped", generation)
-        # pub/sub swaps both in well under a second; 10 s is generous, yet a third of A's 30 s
-        # reconcile interval, so A's swap can only be pub/sub's (checked next)
-        wait_until(lambda: all(served(p) == "v-swapped" for p in ports), 10.0, 0.02,
+        # pub/sub swaps both in well under a second; the deadline only stops a hang: what says
+        # that A's swap was pub/sub's, not its reconcile's (every 30 s), is A's swap count
+        wait_until(lambda: all(served(p) == "v-swapped" for p in ports), START_DEADLINE_S, 0.02,
                    "both serving v-swapped")
-        assert swaps(ports[0], "pubsub") == 1  # A's reconcile is 30 s away: pub/sub did it
+        assert swaps(ports[0], "pubsub") == 1
 
         # 2. B is cut off from Redis; an operator rolls back through A
         cable.pull()
         rollback = httpx.post(f"http://127.0.0.1:{ports[0]}/v1/models/v-colour/activate",
-                              headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+                              headers={"X-API-Key": ADMIN_KEY}, timeout=REQUEST_TIMEOUT_S)
         assert rollback.status_code == 200 and rollback.json()["notified"] is True
         assert served(ports[0]) == "v-colour"
-        # B hears nothing now: only its reconcile (every 2 s) can bring it back; 30 s is generous
-        wait_until(lambda: served(ports[1]) == "v-colour", 30.0, 0.1, "B back on v-colour")
+        # B hears nothing now: only its reconcile (every 2 s) can bring it back
+        wait_until(lambda: served(ports[1]) == "v-colour", START_DEADLINE_S, 0.1, "B back on v-colour")
         assert swaps(ports[1], "reconcile") >= 1
 
         # 3. Ctrl-C stops each process cleanly
         for proc in procs:
             proc.send_signal(signal.SIGINT)
         for proc, port, log in zip(procs, ports, logs):
-            assert proc.wait(timeout=20) == 0, log.read_text()[-3000:]
+            assert proc.wait(timeout=STOP_DEADLINE_S) == 0, log.read_text()[-3000:]
             output = log.read_text()
             assert f"http://127.0.0.1:{port}" in output and f"http://127.0.0.1:{port}/docs" in output
     finally:
