@@ -29,6 +29,7 @@ from .api.errors import install_error_handlers
 from .api.main import UNCAPPED_ROUTES, api_router, health_router
 from .api.middleware import BodyTimeout, ServiceMiddleware
 from .bootstrap import bootstrap
+from .loop_watch import LoopWatch
 from .container import Services, build_services
 from .metrics import SYNC_INTERVAL_S, Metrics
 
@@ -148,7 +149,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.batcher.start()
     serving = asyncio.create_task(_start_serving(services), name="zscl-serving")
     serving.add_done_callback(_log_failure)
-    tasks = [serving]
+    tasks = [serving, asyncio.create_task(LoopWatch(services.metrics.loop_lag.observe).run(),
+                                          name="zscl-loop-watch")]
     if services.metrics.shared:
         tasks.append(asyncio.create_task(_sync_metrics_forever(services.metrics), name="zscl-metrics"))
     try:

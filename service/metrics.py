@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HEAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 SYNC_INTERVAL_S = 1.0  # how stale another process's head-cache counts and queue depth may be
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable, not a ZSCL_ one
@@ -110,6 +111,10 @@ class Metrics:
                                 "(the count behind zscl_feedback_live_accuracy)",
                                 ["model_version"], multiprocess_mode="mostrecent",
                                 registry=self.registry)
+        self.loop_lag = Histogram("zscl_event_loop_lag_seconds", "How late the event loop ran a "
+                                  "beat due every 0.1 s: how long any request could have waited "
+                                  "for the loop (service.loop_watch)", buckets=LAG_BUCKETS,
+                                  registry=self.registry)
         self._heads: HeadCache | None = None
         self._queue_depth: Callable[[], int] = lambda: 0
         self._synced_hits = self._synced_misses = 0

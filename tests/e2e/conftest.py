@@ -53,3 +53,5 @@ def stack_factory(tmp_path, pretrained_tiny):
     yield make
     for stack in stacks:
         stack.close()
+        for stall in stack.stalls():  # shown with a failed test's output
+            print(f"API event loop: {stall}")

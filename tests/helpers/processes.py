@@ -179,6 +179,18 @@ class Stack:
     def log_tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
 
+    def stalls(self) -> list[str]:
+        """What the API processes logged of their event loop's stalls (service.loop_watch): shown
+        with a failed test, it says whether a slow answer waited on the loop or on the machine."""
+        found: list[list[str]] = []
+        for path in self.logs.glob("api*.log"):
+            for line in path.read_text().splitlines():
+                if "event loop stalled" in line:
+                    found.append([line])
+                elif found and line.startswith("  "):  # the stack under the last one
+                    found[-1].append(line)
+        return ["\n".join(lines) for lines in found]
+
     def close(self) -> None:
         """Stop every process, and everything each one started: SIGTERM to each (`zscl serve`
         stops its own worker), then wait for each one's whole session to end, orphans included,
