@@ -195,7 +195,8 @@ def test_a_heavy_request_whose_client_disconnects_abandons_its_build(slow_dir):
             assert classify(client, labels, templates=EIGHT).status_code == 200
             whole = time.monotonic() - started
         assert build_count(url) == 1
-        assert stopping < whole / 2, f"the abandoned build took {stopping:.1f}s to stop; a whole one {whole:.1f}s"
+        assert stopping < whole / 2, \
+            f"the abandoned build took {stopping:.1f}s to stop; a whole one {whole:.1f}s"
 
 
 def test_a_queued_build_whose_client_disconnects_is_dropped_but_a_shared_one_is_kept(slow_dir):
