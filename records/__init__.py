@@ -1,6 +1,6 @@
 """records: the persistence layer shared by the API (``service``) and the workers (``worker``);
-it imports only ``zscl_core``, never the queue (``jobqueue``), the web or the worker. Import its modules by name
-(``from records import jobs``); this package re-exports nothing.
+it imports only ``zscl_core``, never the queue (``jobqueue``), the web or the worker. Import its
+modules by name (``from records import jobs``); this package re-exports nothing.
 
 - ``settings``: the one settings object per process, read from ``ZSCL_`` environment variables.
 - ``errors``: the project's error hierarchy, with messages that say how to fix the problem.

@@ -2,8 +2,9 @@
 
 - Imports run downward: ``zscl_core`` (the library) imports no project package; ``records``
   imports only ``zscl_core``; ``jobqueue`` (the Celery contract) only those two; ``service``
-  (web) and ``worker`` (Celery) import those three but never each other; the entry points (``zscl_cli``, ``zscl_bench``) sit on top,
-  and ``benchmarks`` (scripts that measure the product) beside ``zscl_cli``.
+  (web) and ``worker`` (Celery) import those three but never each other; the entry points
+  (``zscl_cli``, ``zscl_bench``) sit on top, and ``benchmarks`` (scripts that measure the
+  product) beside ``zscl_cli``.
 - No import cycle between modules, counting imports inside functions too, nor between packages
   (``zscl_cli`` runs ``zscl bench``, so ``zscl_bench`` must not import ``zscl_cli``).
 - No module over 500 lines, no function over 60 lines (tests excepted).

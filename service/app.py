@@ -138,7 +138,8 @@ async def _in_daemon_thread(fn):
 
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        logger.error("model serving stopped: %s", task.exception(), exc_info=task.exception())
+        what = "model serving" if task.get_name() == "zscl-serving" else task.get_name()
+        logger.error("%s stopped: %s", what, task.exception(), exc_info=task.exception())
 
 
 @contextlib.asynccontextmanager
@@ -149,8 +150,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.batcher.start()
     serving = asyncio.create_task(_start_serving(services), name="zscl-serving")
     serving.add_done_callback(_log_failure)
-    tasks = [serving, asyncio.create_task(LoopWatch(services.metrics.loop_lag.observe).run(),
-                                          name="zscl-loop-watch")]
+    watch = asyncio.create_task(LoopWatch(services.metrics.loop_lag.observe).run(),
+                                name="zscl-loop-watch")
+    watch.add_done_callback(_log_failure)
+    tasks = [serving, watch]
     if services.metrics.shared:
         tasks.append(asyncio.create_task(_sync_metrics_forever(services.metrics), name="zscl-metrics"))
     try:
@@ -158,8 +161,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # a task that failed has logged why (_log_failure); shutting down goes on regardless
+        await asyncio.gather(*tasks, return_exceptions=True)
         await services.batcher.stop()
         services.engine.dispose()
 

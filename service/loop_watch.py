@@ -2,13 +2,13 @@
 
 When the loop stalls, every request of the process waits, cheap or not (a GET of a job record
 once took over 10 s on a loaded machine, and nothing in the process's own logs said why). A
-stall has two causes that look the same from outside: work on the loop's thread (a blocking
-call in a coroutine, or another thread holding Python's lock), or the process getting no CPU
-(an overloaded machine). So :class:`LoopWatch` measures each stall and, past
-:data:`REPORT_AFTER_S`, logs a warning with what tells them apart: the CPU time the process got
-during the stall beside its wall time, the machine's load average, and the stack of the loop's
-thread as a watchdog thread saw it while the stall lasted. Every lag is also a histogram in
-``/metrics`` (``zscl_event_loop_lag_seconds``).
+stall has causes that look the same from outside: work on the loop's thread, a blocking call
+there, the process's other threads holding Python's lock, or the process getting no CPU (an
+overloaded machine). So :class:`LoopWatch` measures each stall and, past
+:data:`REPORT_AFTER_S`, logs a warning with what tells them apart: the CPU time the loop's
+thread and the whole process got during the stall beside its wall time, the load average, and
+the stack of the loop's thread as a watchdog thread saw it during that stall. Every beat's lag
+is also a histogram in ``/metrics`` (``zscl_event_loop_lag_seconds``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,29 @@ import time
 import traceback
 from collections.abc import Callable
 
-__all__ = ["LoopWatch", "REPORT_AFTER_S", "TICK_S"]
+__all__ = ["LoopWatch", "REPORT_AFTER_S", "TICK_S", "FULL_REPORT_EVERY_S"]
 
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.1  # how often the loop beats
 REPORT_AFTER_S = 1.0  # a beat this much late is logged as a stall
+FULL_REPORT_EVERY_S = 60.0  # at most one stall report with its stack this often; others one line
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (a container's)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 0
+
+
+def _cause(lag: float, loop_cpu: float, process_cpu: float) -> str:
+    if loop_cpu >= lag / 2:
+        return "the loop's thread was busy: see its stack"
+    if process_cpu - loop_cpu >= lag / 2:
+        return ("the loop's thread waited while the process's other threads ran (for Python's "
+                "lock, or on them)")
+    return "a blocking call on the loop's thread, or the machine gave the process no CPU (see the load)"
 
 
 class LoopWatch:
@@ -42,43 +59,64 @@ class LoopWatch:
         self.tick_s = tick_s
         self.report_after_s = report_after_s
         self.stalls = 0
-        self._due = 0.0  # when the next beat is due (monotonic)
+        self._due = 0.0  # when the current beat is due (monotonic), set on the loop's thread
         self._loop_thread: int | None = None
-        self._seen: str | None = None  # the loop thread's stack, as the watchdog saw it in a stall
+        # (the beat's due time, the loop thread's stack): what the watchdog saw of that beat
+        self._seen: tuple[float, str] | None = None
+        self._last_full = -FULL_REPORT_EVERY_S
 
     async def run(self) -> None:
         """Beat until cancelled; meanwhile a daemon thread looks at the loop's thread whenever a
         beat is overdue."""
         self._loop_thread = threading.get_ident()
         stop = threading.Event()
-        threading.Thread(target=self._watchdog, args=(stop,), name="zscl-loop-watch",
-                         daemon=True).start()
+        watchdog = threading.Thread(target=self._watchdog, args=(stop,), name="zscl-loop-watch",
+                                    daemon=True)
+        watchdog.start()
         try:
             while True:
-                wall, cpu = time.monotonic(), time.process_time()
-                self._due = wall + self.tick_s
-                self._seen = None
+                wall, cpu, own = time.monotonic(), time.process_time(), time.thread_time()
+                self._due = due = wall + self.tick_s
                 await asyncio.sleep(self.tick_s)
-                lag = max(0.0, time.monotonic() - self._due)
-                if self.on_lag is not None:
-                    self.on_lag(lag)
+                lag = max(0.0, time.monotonic() - due)
+                self._observe(lag)
                 if lag >= self.report_after_s:
-                    self._report(lag, time.monotonic() - wall, time.process_time() - cpu)
+                    seen = self._seen
+                    self._report(lag, time.monotonic() - wall, time.thread_time() - own,
+                                 time.process_time() - cpu,
+                                 seen[1] if seen and seen[0] == due else None)
         finally:
             stop.set()
 
+    def _observe(self, lag: float) -> None:
+        if self.on_lag is None:
+            return
+        try:
+            self.on_lag(lag)
+        except Exception:  # noqa: BLE001 - a metrics failure must not end the watch
+            logger.exception("loop watch: recording the lag failed; lags are no longer recorded")
+            self.on_lag = None
+
     def _watchdog(self, stop: threading.Event) -> None:
         while not stop.wait(self.tick_s):
-            if self._seen is None and time.monotonic() - self._due >= self.report_after_s / 2:
-                frame = sys._current_frames().get(self._loop_thread)  # noqa: SLF001 - the one API
-                self._seen = "".join(traceback.format_stack(frame)) if frame else "(not found)"
+            due = self._due
+            if (self._seen is None or self._seen[0] != due) \
+                    and time.monotonic() - due >= self.report_after_s / 2:
+                frame = sys._current_frames().get(self._loop_thread)
+                self._seen = (due, "".join(traceback.format_stack(frame)) if frame else "(not found)")
 
-    def _report(self, lag: float, wall: float, cpu: float) -> None:
+    def _report(self, lag: float, wall: float, loop_cpu: float, process_cpu: float,
+                stack: str | None) -> None:
         self.stalls += 1
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-        logger.warning(
-            "event loop stalled %.1f s (every request of this process waited); in those %.1f s "
-            "the process got %.1f s of CPU, on %d cores with load average %s (little CPU and a "
-            "high load: the machine starved it; otherwise see what the loop's thread was "
-            "doing). Its thread during the stall:\n%s",
-            lag, wall, cpu, os.cpu_count() or 0, load, self._seen or "(not caught)")
+        facts = (f"event loop stalled {lag:.1f} s (every request of this process waited): in "
+                 f"those {wall:.1f} s its thread got {loop_cpu:.1f} s of CPU and the process "
+                 f"{process_cpu:.1f} s, on {_cores()} cores with load average {load}: "
+                 f"{_cause(lag, loop_cpu, process_cpu)}")
+        now = time.monotonic()
+        if now - self._last_full < FULL_REPORT_EVERY_S:
+            logger.warning("%s (stack shown at most once a minute)", facts)
+            return
+        self._last_full = now
+        logger.warning("%s. Its thread during the stall:\n%s", facts,
+                       stack or "(not caught: the watchdog got no CPU or no lock during it)")

@@ -25,6 +25,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from zscl_core import HeadCache
 
+from .loop_watch import TICK_S
+
 __all__ = ["Metrics", "SYNC_INTERVAL_S"]
 
 logger = logging.getLogger(__name__)
@@ -111,10 +113,11 @@ class Metrics:
                                 "(the count behind zscl_feedback_live_accuracy)",
                                 ["model_version"], multiprocess_mode="mostrecent",
                                 registry=self.registry)
-        self.loop_lag = Histogram("zscl_event_loop_lag_seconds", "How late the event loop ran a "
-                                  "beat due every 0.1 s: how long any request could have waited "
-                                  "for the loop (service.loop_watch)", buckets=LAG_BUCKETS,
-                                  registry=self.registry)
+        self.loop_lag = Histogram("zscl_event_loop_lag_seconds", f"How late the event loop ran a "
+                                  f"beat due every {TICK_S} s: how long any request could have "
+                                  f"waited for the loop (service.loop_watch; with several API "
+                                  f"processes, summed: each stall's log line names its process)",
+                                  buckets=LAG_BUCKETS, registry=self.registry)
         self._heads: HeadCache | None = None
         self._queue_depth: Callable[[], int] = lambda: 0
         self._synced_hits = self._synced_misses = 0

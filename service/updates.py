@@ -84,10 +84,10 @@ def submit_job(sessions: sessionmaker[Session], settings: Settings, celery: Cele
                                        hparams=hparams, gate=body.gate,
                                        idempotency_key=idempotency_key, trigger=trigger)
     if created:
-        from jobqueue import QUEUE, TASK_RUN_JOB
+        from jobqueue import send_job
 
         try:
-            celery.send_task(TASK_RUN_JOB, args=[job.id], queue=QUEUE)
+            send_job(celery, job.id)
         except Exception as exc:  # noqa: BLE001 - kombu raises many types; the job must not dangle
             error = {"type": "BrokerUnavailable", "message": f"could not enqueue the job: {exc}"}
             with sessions() as session:

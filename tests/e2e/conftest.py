@@ -51,7 +51,13 @@ def stack_factory(tmp_path, pretrained_tiny):
         return stack
 
     yield make
+    failed: list[Exception] = []
     for stack in stacks:
-        stack.close()
+        try:
+            stack.close()
+        except Exception as exc:  # noqa: BLE001 - the other stacks are closed too, then it is raised
+            failed.append(exc)
         for stall in stack.stalls():  # shown with a failed test's output
             print(f"API event loop: {stall}")
+    if failed:
+        raise failed[0]

@@ -63,9 +63,11 @@ from zscl_core.versions import WEIGHTS_NAME
 
 pytestmark = pytest.mark.slow
 
-# a reaped job's heartbeat is this old: short, so that a restart finds its job at once; long
-# enough that a live worker (it beats every 2 s) is never taken for a lost one
-HEARTBEAT_TIMEOUT_S = 8
+# a reaped job's heartbeat is this old: shorter than the e2e stacks' (HEARTBEAT_TIMEOUT_S in
+# tests/helpers/processes.py), so that a restart finds its job soon; long enough that a live
+# worker (it beats every 2 s; a loaded machine delays a beat, by up to SQLite's 10 s lock wait)
+# is not taken for a lost one
+REAP_AFTER_S = 20
 TERMINAL = {"succeeded", "rejected", "failed", "cancelled"}
 HPARAMS = {**FAST_HPARAMS, "steps": 30}
 STRICT = {"min_new_task_gain": 100}  # never passed
@@ -188,7 +190,7 @@ def _stack(data_dir: Path, tmp_path: Path) -> Stack:
                 "ZSCL_API_WORKERS": "1", "ZSCL_START_WORKER": "true",
                 "ZSCL_REFERENCE_DIR": str(write_reference_dir(tmp_path / "reference", n=48)),
                 "ZSCL_RECONCILE_INTERVAL_S": "0.5", "ZSCL_JOB_MAX_RETRIES": "1",
-                "ZSCL_JOB_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S)})
+                "ZSCL_JOB_HEARTBEAT_TIMEOUT_S": str(REAP_AFTER_S)})
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     return Stack(data_dir, env, logs)
@@ -301,7 +303,7 @@ def _quiet(stack: Stack) -> tuple[dict | None, tuple]:
 
 def _settle(stack: Stack) -> dict:
     """The jobs by id, once the restarted system is quiescent (the reaper has found the dead
-    run's job, HEARTBEAT_TIMEOUT_S after its last heartbeat, and its retry has ended). Waited
+    run's job, REAP_AFTER_S after its last heartbeat, and its retry has ended). Waited
     for as long as the records change."""
     return wait_progressing(lambda: _quiet(stack), JOB_STALL_S, 0.25, "quiescence after the restart")["jobs"]
 

@@ -320,6 +320,12 @@ def test_dashboard_walkthrough(stack, browser, screenshots):
     deadline = time.monotonic() + 120
     while ui.progress() == 0 and time.monotonic() < deadline:
         page.wait_for_timeout(100)
+    # while it runs, a suite stays one: "Unmark suite" is disabled and says which job holds it
+    ui.open("datasets")
+    assert page.is_disabled(f"button[data-suite='{colours['id']}']")
+    assert page.get_attribute("tr[data-name='colours'] span.why", "title").startswith(
+        f"job {long_id[:12]} (running) may evaluate this suite")
+    ui.open(f"jobs/{long_id}", "job")
     page.click("#cancel-job")
     expect(page.locator("#job-state")).to_have_text("cancelled", timeout=60_000)
     assert stack.get_job(long_id)["state"] == "cancelled"

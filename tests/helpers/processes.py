@@ -184,11 +184,15 @@ class Stack:
         with a failed test, it says whether a slow answer waited on the loop or on the machine."""
         found: list[list[str]] = []
         for path in self.logs.glob("api*.log"):
+            in_report = False
             for line in path.read_text().splitlines():
                 if "event loop stalled" in line:
                     found.append([line])
-                elif found and line.startswith("  "):  # the stack under the last one
+                    in_report = True
+                elif in_report and line.startswith("  "):  # the stack under it
                     found[-1].append(line)
+                else:
+                    in_report = False
         return ["\n".join(lines) for lines in found]
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 // Datasets: the list (classes, split sizes, suite flag); for admin, drag-and-drop upload (the
 // API's 4xx message shown as it is), the suite toggle and "new job" on a dataset. An action
-// the API would refuse is not offered: a dataset a job trained on cannot become a suite.
+// the API would refuse is not offered: a dataset a job trained on cannot become a suite, and a
+// suite stays one while any job is not over (every gate scores every suite).
 
 import { api } from "./api.js";
 import { dropZone, fmtTime, h, idCode, notify, shortId } from "./dom.js";
@@ -16,20 +17,26 @@ const nameOf = (file) =>
   file.name.replace(/\.(zip|tar|tar\.gz|tgz)$/i, "").replace(/[^A-Za-z0-9_.:-]+/g, "-").slice(0, 128) || "dataset";
 
 const JOB_PAGE = 500; // the API's largest page of jobs
+const OVER = new Set(["succeeded", "rejected", "failed", "cancelled"]); // records.tables.TERMINAL_STATES
 
-/** Ids of the datasets some job used, whatever its state: records.datasets.set_suite's rule. */
-async function trainedOn(signal) {
-  const ids = new Set();
+/** What records.datasets.set_suite refuses, from every job: the ids of the datasets some job
+ * used, whatever its state (never a suite), and a job not over yet, if any (no suite unmarked). */
+async function jobFacts(signal) {
+  const trained = new Set();
+  let active = null;
   for (let offset = 0; ; offset += JOB_PAGE) {
     const jobs = await api(`jobs?limit=${JOB_PAGE}&offset=${offset}`, { signal });
-    jobs.forEach((job) => ids.add(job.dataset_id));
-    if (jobs.length < JOB_PAGE) return ids;
+    jobs.forEach((job) => {
+      trained.add(job.dataset_id);
+      if (!active && !OVER.has(job.state)) active = job;
+    });
+    if (jobs.length < JOB_PAGE) return { trained, active };
   }
 }
 
 export async function render(section, _args, ctx) {
-  const [datasets, trained] = await Promise.all([api("datasets", { signal: ctx.signal }),
-    trainedOn(ctx.signal)]);
+  const [datasets, jobs] = await Promise.all([api("datasets", { signal: ctx.signal }),
+    jobFacts(ctx.signal)]);
   const formSlot = h("div");
   section.replaceChildren(
     h("div", { class: "page-head" }, h("h1", {}, "Datasets"),
@@ -39,18 +46,23 @@ export async function render(section, _args, ctx) {
     h("table", { class: "list", id: "datasets-table" },
       h("thead", {}, h("tr", {}, ["Name", "Id", "Classes", "Train", "Test", "Gate images", "Split",
         "Suite", "Uploaded", ""].map((t) => h("th", {}, t)))),
-      h("tbody", {}, datasets.length ? datasets.map((d) => datasetRow(d, datasets, trained.has(d.id), formSlot, ctx))
+      h("tbody", {}, datasets.length ? datasets.map((d) => datasetRow(d, datasets, jobs, formSlot, ctx))
         : h("tr", {}, h("td", { colspan: 10, class: "muted" }, "no datasets yet")))));
 }
 
-function datasetRow(d, all, trained, formSlot, ctx) {
+function datasetRow(d, all, jobs, formSlot, ctx) {
   const classes = d.classnames.length > 4
     ? h("details", {}, h("summary", {}, `${d.classnames.length}: ${d.classnames.slice(0, 3).join(", ")}, …`),
       d.classnames.join(", "))
     : `${d.classnames.length}: ${d.classnames.join(", ")}`;
-  const refused = !d.is_suite && trained;
-  const why = refused ? "a job trained on this dataset: a zero-shot suite must never be trained " +
-    "on; upload another dataset as the suite" : null;
+  const why = !d.is_suite && jobs.trained.has(d.id)
+    ? "a job trained on this dataset: a zero-shot suite must never be trained on; upload " +
+      "another dataset as the suite"
+    : d.is_suite && jobs.active
+      ? `job ${shortId(jobs.active.id)} (${jobs.active.state}) may evaluate this suite: every gate ` +
+        "scores every suite; unmark it once the job has ended, or cancel the job"
+      : null;
+  const refused = why !== null;
   const toggle = h("button", { type: "button", class: "admin-only", disabled: refused, title: why,
     dataset: { suite: d.id }, onclick: () => ctx.withAdmin(async () => {
       await api(`datasets/${d.id}/suite`, { method: "PUT", body: { suite: !d.is_suite }, admin: true });
