@@ -8,6 +8,8 @@ any other SQLAlchemy URL (PostgreSQL) is used as is.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -21,10 +23,32 @@ __all__ = ["make_engine", "make_session_factory", "upgrade", "check_schema", "Sc
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while the file is locked.
+
+    Why: on a new file, the first connections of several processes (``zscl serve`` starts its
+    API and its worker at once; several upgraders at once) race to switch it to WAL, which
+    needs the file to itself. SQLite answers a loser "database is locked" at once, without
+    waiting out the busy timeout (waiting could deadlock), and the process failed to start. It
+    is retried here, for as long as the busy timeout would have waited.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.2)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
