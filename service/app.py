@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -136,9 +137,8 @@ async def _in_daemon_thread(fn):
     return await future
 
 
-def _log_failure(task: asyncio.Task) -> None:
+def _log_failure(what: str, task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        what = "model serving" if task.get_name() == "zscl-serving" else task.get_name()
         logger.error("%s stopped: %s", what, task.exception(), exc_info=task.exception())
 
 
@@ -149,10 +149,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tune_process(torch_threads=settings.torch_threads, tune_malloc=settings.tune_malloc)
     services.batcher.start()
     serving = asyncio.create_task(_start_serving(services), name="zscl-serving")
-    serving.add_done_callback(_log_failure)
+    serving.add_done_callback(functools.partial(_log_failure, "model serving"))
     watch = asyncio.create_task(LoopWatch(services.metrics.loop_lag.observe).run(),
                                 name="zscl-loop-watch")
-    watch.add_done_callback(_log_failure)
+    watch.add_done_callback(functools.partial(_log_failure, "the event-loop watch"))
     tasks = [serving, watch]
     if services.metrics.shared:
         tasks.append(asyncio.create_task(_sync_metrics_forever(services.metrics), name="zscl-metrics"))

@@ -14,8 +14,10 @@ byte-identical files (and so the same dataset ids) on every run.
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
+import struct
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -83,6 +85,17 @@ def write_cat(path: Path) -> Written:
                    "scikit-image's sample photo 'chelsea' (a cat)")
 
 
+def _read_idx(path: Path) -> np.ndarray:
+    """The array in a gzipped IDX file. The same reader as ``zscl_bench.tasks.read_idx``, kept
+    here because importing that module loads torch (about 9 s cold here), which `zscl demo`
+    does not otherwise need."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
 def _fashion_files(root: Path) -> tuple[Path, Path]:
     images, labels = root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"
     if not (images.is_file() and labels.is_file()):
@@ -94,10 +107,8 @@ def _fashion_files(root: Path) -> tuple[Path, Path]:
 
 def write_pets(path: Path, root: Path, classes: list[str], per_class: int, seed: int) -> Written:
     """``per_class`` seeded Fashion-MNIST test images of each class, as ``<class>/<n>.png``."""
-    from zscl_bench.tasks import read_idx  # here: it imports torch, which `zscl` starts without
-
     images_file, labels_file = _fashion_files(root)
-    images, labels = read_idx(images_file), read_idx(labels_file)
+    images, labels = _read_idx(images_file), _read_idx(labels_file)
     rng = np.random.default_rng(seed)
     files, counts = {}, {}
     for name in sorted(classes, key=_folder):

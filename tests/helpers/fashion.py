@@ -4,11 +4,11 @@ must be there (.ci/run installs it; importing this module in CI without it is an
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from zscl_cli.demo import FASHION_DIR as FASHION
+
 if os.environ.get("CI") and not FASHION.exists():
     raise RuntimeError(f"{FASHION} is missing in CI; .ci/run installs dataset-fashion-mnist")
 
