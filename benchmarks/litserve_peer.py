@@ -4,7 +4,8 @@
 the same multipart requests. It serves ``POST /v1/classify`` (fields ``images``, ``labels``
 comma-separated, ``templates``, ``top_k``) with what the service runs per request: the version
 loaded and warmed by ``service.serving.load_served``, images decoded by
-``service.imaging.preprocess_images`` with the version's preprocessing, text heads from a
+``service.imaging.preprocess_images`` with the version's request transform (uint8 pixels where
+it splits, scaled on the device as the service's are), text heads from a
 ``zscl_core.HeadCache``, batched ``ServedModel.encode_images`` on the service's path to and from
 the device (``service.batching.to_device``/``to_host``) and the service's ranking
 (``service.batching.rank``). LitServe's ``max_batch_size`` counts requests, the service's images:
@@ -77,7 +78,7 @@ class ClassifyAPI(ls.LitAPI):
         files = [(u.filename or f"image-{i}", u.file.read()) for i, u in enumerate(uploads)]
         labels = [label.strip() for label in request["labels"].split(",")]
         templates = request.getlist("templates") or list(DEFAULT_TEMPLATES)
-        pixels = preprocess_images(files, self.served.preprocess, max_pixels=MAX_IMAGE_PIXELS)
+        pixels = preprocess_images(files, self.served.request_transform, max_pixels=MAX_IMAGE_PIXELS)
         head = self.heads.get_or_build(HeadCache.key(self.served.version, labels, templates),
                                        lambda: self.served.build_head(labels, templates))
         return {"names": [name for name, _ in files], "labels": labels, "pixels": pixels,

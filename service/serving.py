@@ -75,6 +75,7 @@ class ServedModel:
     logit_scale: float
     loaded_at: float = field(default_factory=time.time)
     image_graph: torch.jit.ScriptModule | None = None  # see frozen_image_encoder
+    image_graph_input: torch.dtype = torch.float32  # what the graph takes: request_transform's
     image_dtype: torch.dtype = torch.float32  # the towers' weights (see lower_precision_)
     text_dtype: torch.dtype = torch.float32
     # the eval transform split at its ToTensor: requests stop at uint8 images, and the batch is
@@ -96,12 +97,17 @@ class ServedModel:
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Float32 image features of a preprocessed batch, normalised in float32, (n, dim), on
-        the model's device (the batcher copies them to the host, once per batch)."""
-        pixels = pixels.to(self.device, non_blocking=True)  # a no-op where staged there already
+        the model's device (the batcher copies them to the host, once per batch). Pixels as
+        :attr:`request_transform` gives them run through :attr:`image_graph` where there is
+        one (uint8 ones with their scaling inside it); float pixels where requests send uint8
+        ones (the whole transform's output) run on the eager model."""
+        if pixels.device != torch.device(self.device):  # else no call: each one lets go of
+            # Python's lock, and may wait to win it back from the event loop
+            pixels = pixels.to(self.device, non_blocking=True)
+        if self.image_graph is not None and pixels.dtype == self.image_graph_input:
+            return self.image_graph(pixels)
         if pixels.dtype == torch.uint8:
             pixels = self.device_preprocess.finish(pixels)
-        if self.image_graph is not None:
-            return self.image_graph(pixels)
         return image_features(self.model, pixels, self.image_dtype)
 
     @torch.inference_mode()
@@ -114,12 +120,21 @@ class ServedModel:
 
 
 class _EncodeImage(nn.Module):
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
+    """:func:`image_features` in ``dtype``; with ``finish``, of uint8 pixels, scaled and
+    normalised first as :meth:`DevicePreprocess.finish` does."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, finish: DevicePreprocess | None = None):
         super().__init__()
         self.model = model
         self.dtype = dtype
+        self.scales = finish is not None
+        if finish is not None:
+            self.register_buffer("mean", finish.mean.clone())
+            self.register_buffer("std", finish.std.clone())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.scales:
+            pixels = pixels.float().div(255).sub(self.mean).div(self.std)
         return image_features(self.model, pixels, self.dtype)
 
 
@@ -133,22 +148,28 @@ def _graph_agrees(graph: torch.Tensor, eager: torch.Tensor, dtype: torch.dtype) 
 
 
 def frozen_image_encoder(model: nn.Module, example: torch.Tensor,
-                         dtype: torch.dtype = torch.float32) -> torch.jit.ScriptModule | None:
+                         dtype: torch.dtype = torch.float32,
+                         finish: DevicePreprocess | None = None) -> torch.jit.ScriptModule | None:
     """:func:`image_features` in ``dtype`` traced and frozen into a TorchScript graph, or None if
-    it cannot be (logged). Why: the graph runs its whole forward inside torch, without
-    taking Python's lock between layers, so the inference thread no longer waits on the threads
-    that parse HTTP and decode images (on 2 CPU cores an eager 16-image forward slowed from
-    ~115 ms to 160-230 ms beside one busy Python thread). The graph is checked against the eager
-    model on two batch sizes before it is used, with a tolerance for ``dtype``
-    (:func:`_graph_agrees`)."""
+    it cannot be (logged); with ``finish``, the graph takes uint8 pixels (``example``'s dtype)
+    and scales and normalises them itself. Why: the graph runs its whole forward inside torch,
+    without taking Python's lock between layers, so the inference thread no longer waits on the
+    threads that parse HTTP and decode images (on 2 CPU cores an eager 16-image forward slowed
+    from ~115 ms to 160-230 ms beside one busy Python thread). The scaling inside it is for the
+    same reason: run as four calls of their own, each gave the lock away and waited to win it
+    back from the event loop, 1-10 ms per 8-image batch on the starter (see docs/serving.md).
+    The graph is checked against the eager model on two batch sizes before it is used, with a
+    tolerance for ``dtype`` (:func:`_graph_agrees`)."""
     try:
-        eager_encoder = _EncodeImage(model, dtype).eval()
+        eager_encoder = _EncodeImage(model, dtype, finish).eval().to(example.device)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice
             graph = torch.jit.freeze(torch.jit.trace(eager_encoder, example, check_trace=False))
             for n in (1, 3):
-                pixels = torch.randn(n, *example.shape[1:], generator=torch.Generator().manual_seed(n))
-                pixels = pixels.to(example.device)
+                seeded = torch.Generator().manual_seed(n)
+                pixels = (torch.randint(0, 256, (n, *example.shape[1:]), dtype=torch.uint8, generator=seeded)
+                          if example.dtype == torch.uint8 else
+                          torch.randn(n, *example.shape[1:], generator=seeded)).to(example.device)
                 if not _graph_agrees(graph(pixels), eager_encoder(pixels), dtype):
                     raise RuntimeError(f"traced features differ from eager ones at batch {n}")
         return graph
@@ -179,11 +200,12 @@ def load_served(path: Path, version: str, generation: int, device: str, *,
     if dtype != torch.float32:
         served.image_dtype, served.text_dtype, _ = lower_precision_(
             model, dtype, *probe_inputs(served.preprocess, served.tokenizer, served.device))
-    blank = served.preprocess(Image.new("RGB", (64, 64)))
-    if trace_images:
-        served.image_graph = frozen_image_encoder(model, blank.unsqueeze(0).to(device),
-                                                  served.image_dtype)
     served.device_preprocess = split_preprocess(served.preprocess)
+    if trace_images:  # for what requests send: uint8 pixels where the transform splits
+        blank = served.request_transform(Image.new("RGB", (64, 64))).unsqueeze(0).to(device)
+        served.image_graph = frozen_image_encoder(model, blank, served.image_dtype,
+                                                  served.device_preprocess)
+        served.image_graph_input = blank.dtype
     # warm the path requests take (uint8 pixels where the transform splits)
     served.encode_images(torch.stack([served.request_transform(Image.new("RGB", (64, 64)))]))
     served.build_head(["warm-up"], WARMUP_TEMPLATES)

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip the LitServe peer")
     parser.add_argument("--litserve-workers", type=int, help="LitServe's workers_per_device "
                         "(default: 1 on CPU, max(2, service HTTP processes // 2) on CUDA)")
+    parser.add_argument("--no-pause", dest="pause_idle", action="store_false",
+                        help="leave the idle server running while the other one or the raw "
+                             "forward is measured (by default it is paused: Servers.only)")
     parser.add_argument("--no-tune-malloc", dest="tune_malloc", action="store_false", default=None,
                         help="leave glibc's malloc at its defaults on every side (the service "
                              "keeps freed memory by default, zscl_core.runtime)")
@@ -102,7 +105,7 @@ def resolve(args: argparse.Namespace) -> dict:
             "tune_malloc": settings.tune_malloc if args.tune_malloc is None else args.tune_malloc,
             "trace_images": settings.trace_images,
             "queue_max": max(settings.queue_max, max(args.concurrency) * max(args.images_per_request)),
-            "litserve": args.litserve, "litserve_workers": workers,
+            "litserve": args.litserve, "litserve_workers": workers, "pause_idle": args.pause_idle,
             # the cores shared out between its workers, as `zscl serve` shares them between its
             # HTTP processes
             "litserve_threads": threads or max(1, cores // workers),
@@ -186,7 +189,8 @@ def _measure(served, servers: Servers, args: argparse.Namespace, plan: dict,
     image_size = served.preprocess(Image.new("RGB", (8, 8))).shape[-1]
     with timed(timings, "inputs: images, raw batch, client processes"):
         images = read_images(args.images) if args.images else synthetic_jpegs(image_size, GENERATED_IMAGES)
-        pixels = torch.stack([served.preprocess(Image.open(io.BytesIO(images[i % len(images)])).convert("RGB"))
+        # as requests bring them (uint8 where the transform splits): the service's own path
+        pixels = torch.stack([served.request_transform(Image.open(io.BytesIO(images[i % len(images)])).convert("RGB"))
                               for i in range(plan["batch"])])
         head = served.build_head(LABELS, ["a photo of a {}."])
         pool = ClientPool(plan["client_procs"])
@@ -197,10 +201,11 @@ def _measure(served, servers: Servers, args: argparse.Namespace, plan: dict,
             measurers["litserve"] = http_measurer(pool, servers, "litserve", images)
         livez = [get_request(f"127.0.0.1:{servers.ports['service']}", "/livez")]
         levels = measure_all(measurers, lambda c, seconds: pool.measure(
-            "127.0.0.1", servers.ports["service"], "livez", livez, c, seconds, 1), plan, timings)
+            "127.0.0.1", servers.ports["service"], "livez", livez, c, seconds, 1), plan, timings,
+            alone=servers.only)
         big = None
         if args.big_labels:
-            with timed(timings, f"{args.big_labels}-label request"):
+            with timed(timings, f"{args.big_labels}-label request"), servers.only("service"):
                 big = big_label_latency(servers.url("service"), images[0], args.big_labels, repeats=3)
     finally:
         pool.close()

@@ -116,10 +116,14 @@ def http_measurer(pool: ClientPool, servers: Servers, name: str, images: list[by
 
 
 def measure_all(measurers: dict[str, Callable[[int, int, float], dict]],
-                ceiling: Callable[[int, float], dict], plan: dict, timings: dict[str, float]) -> list[dict]:
+                ceiling: Callable[[int, float], dict], plan: dict, timings: dict[str, float],
+                alone: Callable[[str], contextlib.AbstractContextManager] | None = None) -> list[dict]:
     """Every measurer at every (request size, concurrency), side by side: each measurement is
     split into rounds that take the measurers in turn (the order rotating), so that a change in
-    the machine's load falls on all of them alike; the client's ceiling once per concurrency."""
+    the machine's load falls on all of them alike; the client's ceiling (against the service)
+    once per concurrency. ``alone(name)`` wraps each part of measurer ``name`` (and the
+    ceiling's as "service"): ``Servers.only``, pausing the idle servers."""
+    alone = alone or (lambda name: contextlib.nullcontext())
     round_s = plan["seconds"] / plan["rounds"]
     ceilings: dict[int, dict] = {}
     results = []
@@ -128,12 +132,14 @@ def measure_all(measurers: dict[str, Callable[[int, int, float], dict]],
             name = f"measure: {size} image(s) per request, concurrency {c}"
             with timed(timings, name):
                 if c not in ceilings:
-                    ceilings[c] = summarise([ceiling(c, round_s)], 1)
+                    with alone("service"):
+                        ceilings[c] = summarise([ceiling(c, round_s)], 1)
                 parts: dict[str, list[dict]] = {m: [] for m in measurers}
                 order = list(measurers)
                 for r in range(plan["rounds"]):
                     for m in order[r % len(order):] + order[:r % len(order)]:
-                        parts[m].append(measurers[m](size, c, round_s))
+                        with alone(m):
+                            parts[m].append(measurers[m](size, c, round_s))
             rows = {m: summarise(parts[m], plan["batch"] if m == "raw" else size) for m in measurers}
             results.append(group_row(size, c, rows, ceilings[c]))
             logger.info("%s: %s", name, ", ".join(f"{m} {row['img_s']:.1f} img/s" for m, row in rows.items()))

@@ -19,7 +19,8 @@ def format_report(result: dict) -> str:
              (f"service: {c['api_processes']} HTTP process(es), queue max {c['queue_max']}; "
               f"torch threads {c['threads'] or 'default'}; {litserve}; malloc tuned {c['tune_malloc']}"),
              (f"client: {c['client_procs']} process(es); images: {c['images']}; {c['seconds']:g} s "
-              f"per measurement in {c['rounds']} round(s); {c['cpus']} CPUs; torch {c['torch']}"), ""]
+              f"per measurement in {c['rounds']} round(s); {c['cpus']} CPUs; torch {c['torch']}; "
+              f"idle server paused {c.get('pause_idle', False)}"), ""]
     for group in result["levels"]:
         lines += [*_group_table(group, c["batch"]), ""]
     if result.get("big_labels"):

@@ -227,6 +227,7 @@ class Servers:
                 fast_queue=plan["litserve_fast_queue"], stats_dir=self.stats_dir,
                 tune_malloc=plan["tune_malloc"])
         self.api_processes = plan["api_processes"]
+        self.pause_idle = plan.get("pause_idle", True)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -240,5 +241,32 @@ class Servers:
     def batches(self, name: str) -> tuple[float, float] | None:
         return service_batches(self.url(name)) if name == "service" else litserve_batches(self.stats_dir)
 
+    @contextlib.contextmanager
+    def only(self, name: str | None) -> Iterator[None]:
+        """Only server ``name`` runs meanwhile (another name, such as "raw": neither): the other's
+        session is stopped (SIGSTOP) and continued afterwards. An idle server is not quiet (the
+        LitServe peer's idle processes took about 0.1 core of polling on 2 CPU cores), and its
+        wake-ups land on whichever core is free: during the raw forward the second core is, so
+        they cost it nothing; during the service's turn the service's HTTP thread holds it, so
+        they preempt its forward. Pausing the idle one measures each system alone.
+        ``pause_idle`` False (``--no-pause``) leaves them all running."""
+        paused = [proc for other, proc in self.procs.items()
+                  if other != name and proc.poll() is None] if self.pause_idle else []
+        for proc in paused:
+            _signal_group(proc, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for proc in paused:
+                _signal_group(proc, signal.SIGCONT)
+
     def stop(self) -> None:
+        for proc in self.procs.values():  # a stopped server would not act on the Ctrl-C
+            _signal_group(proc, signal.SIGCONT)
         stop_servers(list(self.procs.values()))
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """``signum`` to a server's session (its worker processes too)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)

@@ -4,6 +4,10 @@ and 4) whose figures must be complete and sane."""
 
 import io
 import json
+import os
+import signal
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +83,48 @@ def test_a_tiny_cpu_run_gives_every_figure(tmp_path):
     assert result["timings_s"]["start-up: service, LitServe and the raw model"] > 0
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert "service/LitServe" in serve_bench.format_report(result)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (R, S, T for stopped, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_only_the_measured_server_runs_and_the_idle_one_is_continued_after(tmp_path):
+    import subprocess
+    import time
+
+    def idle_server() -> subprocess.Popen:  # a server with a worker process in its session
+        return subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                                 "time.sleep(60)"], start_new_session=True)
+
+    servers = serve_bench.Servers.__new__(serve_bench.Servers)
+    servers.procs, servers.pause_idle = {"service": idle_server(), "litserve": idle_server()}, True
+    try:
+        time.sleep(0.5)  # both have started their worker
+        groups = {name: [int(p) for p in subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True,
+                                                          text=True).stdout.split()]
+                  for name, proc in servers.procs.items()}
+        assert all(len(pids) == 2 for pids in groups.values()), groups
+
+        def states(name: str) -> set[str]:
+            return {_state(pid) for pid in groups[name]}
+
+        with servers.only("service"):
+            time.sleep(0.2)
+            assert states("litserve") == {"T"} and "T" not in states("service")
+        with servers.only("raw"):  # not a server: neither runs
+            time.sleep(0.2)
+            assert states("litserve") == states("service") == {"T"}
+        time.sleep(0.2)
+        assert "T" not in states("service") | states("litserve")
+        servers.pause_idle = False  # --no-pause
+        with servers.only("service"):
+            time.sleep(0.2)
+            assert "T" not in states("litserve")
+    finally:
+        for proc in servers.procs.values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

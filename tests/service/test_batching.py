@@ -104,11 +104,16 @@ def test_probabilities_match_an_unbatched_forward(served_pair):
 
 
 def test_the_traced_image_encoder_gives_the_eager_features(served_pair):
+    """The graph takes what requests bring, uint8 pixels, and scales them itself; float pixels
+    (the whole transform's) take the eager model, to the same features."""
     plain, _ = served_pair
-    assert plain.image_graph is not None
-    pixels = torch.rand(5, 3, 32, 32)
-    eager = plain.model.encode_image(pixels, normalize=True)
+    assert plain.image_graph is not None and plain.image_graph_input == torch.uint8
+    pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    scaled = plain.device_preprocess.finish(pixels)
+    eager = plain.model.encode_image(scaled, normalize=True)
+    assert torch.allclose(plain.image_graph(pixels), eager, atol=1e-5)
     assert torch.allclose(plain.encode_images(pixels), eager, atol=1e-5)
+    assert torch.allclose(plain.encode_images(scaled), eager, atol=1e-5)
 
 
 def test_a_tower_that_does_not_trace_faithfully_stays_eager():

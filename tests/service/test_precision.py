@@ -60,11 +60,12 @@ def test_bfloat16_serving_gives_float32_normalised_features_and_host_heads(colou
 
 def test_the_bfloat16_traced_encoder_gives_the_eager_features(colour_pair):
     _, half = colour_pair
-    assert half.image_graph is not None
-    pixels = torch.rand(5, 3, 32, 32)
-    traced = half.encode_images(pixels)
+    assert half.image_graph is not None and half.image_graph_input == torch.uint8
+    pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)  # as requests bring them
+    traced = half.image_graph(pixels)
+    assert torch.equal(half.encode_images(pixels), traced)
     eager = torch.nn.functional.normalize(
-        half.model.encode_image(pixels.bfloat16()).float(), dim=-1)
+        half.model.encode_image(half.device_preprocess.finish(pixels).bfloat16()).float(), dim=-1)
     # identical here; 1e-2 leaves room for a few bfloat16 roundings (8 bits) should the graph's
     # kernels differ from eager's on another CPU
     assert torch.allclose(traced, eager, atol=1e-2)
