@@ -75,7 +75,6 @@ class ServedModel:
     logit_scale: float
     loaded_at: float = field(default_factory=time.time)
     image_graph: torch.jit.ScriptModule | None = None  # see frozen_image_encoder
-    image_graph_input: torch.dtype = torch.float32  # what the graph takes: request_transform's
     image_dtype: torch.dtype = torch.float32  # the towers' weights (see lower_precision_)
     text_dtype: torch.dtype = torch.float32
     # the eval transform split at its ToTensor: requests stop at uint8 images, and the batch is
@@ -87,6 +86,12 @@ class ServedModel:
         """What a request applies to each decoded image: uint8 pixels where the transform
         splits, the whole transform otherwise (:meth:`encode_images` takes either)."""
         return self.device_preprocess or self.preprocess
+
+    @property
+    def image_graph_input(self) -> torch.dtype:
+        """What :attr:`image_graph` takes: :attr:`request_transform`'s pixels, uint8 where the
+        transform splits."""
+        return torch.float32 if self.device_preprocess is None else torch.uint8
 
     @property
     def precision(self) -> str:
@@ -127,14 +132,11 @@ class _EncodeImage(nn.Module):
         super().__init__()
         self.model = model
         self.dtype = dtype
-        self.scales = finish is not None
-        if finish is not None:
-            self.register_buffer("mean", finish.mean.clone())
-            self.register_buffer("std", finish.std.clone())
+        self.finish = finish
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.scales:
-            pixels = pixels.float().div(255).sub(self.mean).div(self.std)
+        if self.finish is not None:  # traced into the graph, its mean and std as constants
+            pixels = self.finish.finish(pixels)
         return image_features(self.model, pixels, self.dtype)
 
 
@@ -161,7 +163,7 @@ def frozen_image_encoder(model: nn.Module, example: torch.Tensor,
     The graph is checked against the eager model on two batch sizes before it is used, with a
     tolerance for ``dtype`` (:func:`_graph_agrees`)."""
     try:
-        eager_encoder = _EncodeImage(model, dtype, finish).eval().to(example.device)
+        eager_encoder = _EncodeImage(model, dtype, finish).eval()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice
             graph = torch.jit.freeze(torch.jit.trace(eager_encoder, example, check_trace=False))
@@ -205,7 +207,6 @@ def load_served(path: Path, version: str, generation: int, device: str, *,
         blank = served.request_transform(Image.new("RGB", (64, 64))).unsqueeze(0).to(device)
         served.image_graph = frozen_image_encoder(model, blank, served.image_dtype,
                                                   served.device_preprocess)
-        served.image_graph_input = blank.dtype
     # warm the path requests take (uint8 pixels where the transform splits)
     served.encode_images(torch.stack([served.request_transform(Image.new("RGB", (64, 64)))]))
     served.build_head(["warm-up"], WARMUP_TEMPLATES)

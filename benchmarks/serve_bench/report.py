@@ -20,7 +20,7 @@ def format_report(result: dict) -> str:
               f"torch threads {c['threads'] or 'default'}; {litserve}; malloc tuned {c['tune_malloc']}"),
              (f"client: {c['client_procs']} process(es); images: {c['images']}; {c['seconds']:g} s "
               f"per measurement in {c['rounds']} round(s); {c['cpus']} CPUs; torch {c['torch']}; "
-              f"idle server paused {c.get('pause_idle', False)}"), ""]
+              f"idle server paused {c['pause_idle']}"), ""]
     for group in result["levels"]:
         lines += [*_group_table(group, c["batch"]), ""]
     if result.get("big_labels"):

@@ -227,7 +227,7 @@ class Servers:
                 fast_queue=plan["litserve_fast_queue"], stats_dir=self.stats_dir,
                 tune_malloc=plan["tune_malloc"])
         self.api_processes = plan["api_processes"]
-        self.pause_idle = plan.get("pause_idle", True)
+        self.pause_idle = plan["pause_idle"]
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -242,7 +242,7 @@ class Servers:
         return service_batches(self.url(name)) if name == "service" else litserve_batches(self.stats_dir)
 
     @contextlib.contextmanager
-    def only(self, name: str | None) -> Iterator[None]:
+    def only(self, name: str) -> Iterator[None]:
         """Only server ``name`` runs meanwhile (another name, such as "raw": neither): the other's
         session is stopped (SIGSTOP) and continued afterwards. An idle server is not quiet (the
         LitServe peer's idle processes took about 0.1 core of polling on 2 CPU cores), and its
