@@ -30,8 +30,9 @@ from .api.errors import install_error_handlers
 from .api.main import UNCAPPED_ROUTES, api_router, health_router
 from .api.middleware import BodyTimeout, ServiceMiddleware
 from .bootstrap import bootstrap
-from .loop_watch import LoopWatch
 from .container import Services, build_services
+from .logs import background_logging
+from .loop_watch import LoopWatch
 from .metrics import SYNC_INTERVAL_S, Metrics
 
 __all__ = ["create_app", "PROCESS_HEADER"]
@@ -144,6 +145,13 @@ def _log_failure(what: str, task: asyncio.Task) -> None:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    with background_logging():  # no request waits on the log's reader (service/logs.py)
+        async with _serving(app):
+            yield
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
     settings = services.settings
     tune_process(torch_threads=settings.torch_threads, tune_malloc=settings.tune_malloc)

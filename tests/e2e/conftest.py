@@ -59,5 +59,7 @@ def stack_factory(tmp_path, pretrained_tiny):
             failed.append(exc)
         for stall in stack.stalls():  # shown with a failed test's output
             print(f"API event loop: {stall}")
+        for slow in stack.slow_answers:
+            print(f"slow answer: {slow}")
     if failed:
         raise failed[0]

@@ -315,3 +315,33 @@ def test_start_up_reports_a_worker_left_by_an_earlier_run(data_dir, tmp_path):
     finally:
         kill_session(leftover.pid)
         leftover.wait()
+
+
+# -- a log reader that stops reading ----------------------------------------------------------
+
+def test_requests_are_answered_while_nobody_reads_the_log(data_dir, tmp_path):
+    # `zscl serve` with its output a pipe that nobody reads (a stuck log collector): its access
+    # log fills the pipe's 64 KiB after about 700 requests. Before service/logs.py every
+    # request from then on waited on the write (measured: none answered after request 1,044)
+    stack = _stack(data_dir, tmp_path)
+    serve = subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--port", str(stack.port),
+                              "--log-level", "info"], cwd=REPO, env=stack.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(stack._ready, START_DEADLINE_S, 0.25, "API ready")
+        with httpx.Client(base_url=stack.url, timeout=REQUEST_TIMEOUT_S) as client:
+            for _ in range(3000):  # about 270 KiB of access log
+                assert client.get("/livez").status_code == 200
+            # once read again, the log has every request: the queue held what the pipe could not
+            # (tests/service/test_logs.py: past the queue's capacity, records are dropped, counted)
+            os.set_blocking(serve.stdout.fileno(), False)
+            logged = bytearray()
+
+            def every_request_logged() -> bool:
+                logged.extend(serve.stdout.read() or b"")
+                return logged.count(b'"GET /livez HTTP/1.1" 200') >= 3000
+
+            wait_until(every_request_logged, START_DEADLINE_S, 0.1, "the 3000 requests logged")
+    finally:
+        kill_session(serve.pid)
+        serve.wait()

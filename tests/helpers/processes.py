@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,19 @@ JOB_STALL_S = 300
 # worker taken for lost fails its job. A test that kills a worker waits this long, and up to a
 # quarter more (the reaper's interval), for the job to be reaped: well within JOB_STALL_S
 HEARTBEAT_TIMEOUT_S = 60
+
+
+# a GET of a job record that has not answered in this long has the API's threads noted
+# (Stack.get_job); it still waits up to REQUEST_TIMEOUT_S
+SLOW_ANSWER_S = 5
+
+
+def _read(path) -> str:
+    """A /proc file's text, stripped; '' where it is gone or unreadable."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 def free_port() -> int:
@@ -112,6 +126,8 @@ class Stack:
     def __init__(self, data_dir: Path, env: dict[str, str], logs: Path):
         self.data_dir, self.env, self.logs = data_dir, env, logs
         self.procs: list[subprocess.Popen] = []
+        self.api_pids: list[int] = []
+        self.slow_answers: list[str] = []  # see get_job
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -126,6 +142,7 @@ class Stack:
     def api(self, **extra_env):
         proc = self._spawn(["serve", "--port", str(self.port), "--log-level", "warning"], "api",
                            extra_env)
+        self.api_pids.append(proc.pid)
         wait_until(lambda: self._ready(), START_DEADLINE_S, 0.25, "API ready")
         return proc
 
@@ -142,7 +159,30 @@ class Stack:
         return httpx.get(f"{self.url}/livez", timeout=REQUEST_TIMEOUT_S).headers["X-Model-Version"]
 
     def get_job(self, job_id: str) -> dict:
-        return httpx.get(f"{self.url}/v1/jobs/{job_id}", timeout=REQUEST_TIMEOUT_S).json()
+        # a job record answers in milliseconds: if it has not in SLOW_ANSWER_S, what the API's
+        # threads are doing is noted (issue 20, item 13: one took over 10 s once, cause unseen)
+        watch = threading.Timer(SLOW_ANSWER_S, self._note_slow_answer, (f"GET /v1/jobs/{job_id}",))
+        watch.start()
+        try:
+            return httpx.get(f"{self.url}/v1/jobs/{job_id}", timeout=REQUEST_TIMEOUT_S).json()
+        finally:
+            watch.cancel()
+
+    def _note_slow_answer(self, what: str) -> None:
+        """The API processes' threads as the kernel sees them (name, state, where each waits),
+        the load average and the CPU and I/O pressure, while ``what`` is still unanswered:
+        printed with the test's output, it tells a loop or lock wait, a wait in the kernel (a
+        disk, a pipe) and a starved machine apart."""
+        lines = [(f"{what} unanswered after {SLOW_ANSWER_S} s; load average "
+                  f"{_read('/proc/loadavg')}; pressure: cpu {_read('/proc/pressure/cpu')}; "
+                  f"io {_read('/proc/pressure/io')}")]
+        for pid in self.api_pids:
+            for task in sorted(Path(f"/proc/{pid}/task").glob("[0-9]*")):
+                stat = _read(task / "stat")
+                state = stat[stat.rfind(")") + 2:].split(" ", 1)[0] if ")" in stat else "?"
+                lines.append(f"  api {pid} thread {task.name} {_read(task / 'comm')!r}: state "
+                             f"{state}, waiting in {_read(task / 'wchan') or '-'}")
+        self.slow_answers.append("\n".join(lines))
 
     def upload(self, body: bytes, name: str, suite: bool = False) -> dict:
         response = httpx.post(f"{self.url}/v1/datasets", content=body, timeout=REQUEST_TIMEOUT_S,
