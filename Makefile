@@ -1,5 +1,5 @@
 # The two commands a newcomer runs: `make serve` and `make test`. Each sets itself up.
-# `make demo` writes the files the README's tour uses (cat.jpg, pets.zip, suite.zip) here.
+# `make demo` writes the files the README's tour uses (cat.jpg, clothes.zip, suite.zip) here.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -31,10 +31,12 @@ __all__ = ["Metrics", "SYNC_INTERVAL_S"]
 
 logger = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# seconds: one ladder, 5 ms to 30 s; a request's latency starts lower, a head build goes on longer
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.002, *_SECONDS)
+LAG_BUCKETS = _SECONDS
+HEAD_BUCKETS = (*_SECONDS, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-HEAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 SYNC_INTERVAL_S = 1.0  # how stale another process's head-cache counts and queue depth may be
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's variable, not a ZSCL_ one
 

@@ -1,7 +1,7 @@
 """``zscl demo``: the three files the README's tour uses, written from data on this machine.
 
 - ``cat.jpg``: scikit-image's ``chelsea`` photo (a cat), to classify;
-- ``pets.zip``: a labelled dataset to learn, in the ``<class>/<image>`` layout that
+- ``clothes.zip``: a labelled dataset to learn, in the ``<class>/<image>`` layout that
   ``POST /v1/datasets`` splits by itself: a few Fashion-MNIST classes, N test images of each,
   from Debian's ``dataset-fashion-mnist``;
 - ``suite.zip``: a zero-shot evaluation suite, ``test/<class>/<image>`` (never trained on): CIFAR-10
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["DEFAULT_PETS_CLASSES", "FASHION_CLASSES", "PHOTO_CLASSES", "Written", "add_demo",
-           "suite_source", "write_cat", "write_pets", "write_suite"]
+__all__ = ["DEFAULT_CLOTHES_CLASSES", "FASHION_CLASSES", "PHOTO_CLASSES", "Written", "add_demo",
+           "suite_source", "write_cat", "write_clothes", "write_suite"]
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"
@@ -36,7 +36,7 @@ FASHION_CLASSES = ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
                    "bag", "ankle boot"]
 # five classes that look unlike each other: the starter reads them poorly (47%), and a 40-step
 # job learns them (77%; the README tour)
-DEFAULT_PETS_CLASSES = ("T-shirt", "trouser", "dress", "sneaker", "bag")
+DEFAULT_CLOTHES_CLASSES = ("T-shirt", "trouser", "dress", "sneaker", "bag")
 # where zscl_bench and the tests look for it: ``shared/data`` next to the repository
 CIFAR_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset.tar"
 # the fallback suite: scikit-image's sample photos (files in skimage/data/), one class each
@@ -105,7 +105,7 @@ def _fashion_files(root: Path) -> tuple[Path, Path]:
     return images, labels
 
 
-def write_pets(path: Path, root: Path, classes: list[str], per_class: int, seed: int) -> Written:
+def write_clothes(path: Path, root: Path, classes: list[str], per_class: int, seed: int) -> Written:
     """``per_class`` seeded Fashion-MNIST test images of each class, as ``<class>/<n>.png``."""
     images_file, labels_file = _fashion_files(root)
     images, labels = _read_idx(images_file), _read_idx(labels_file)
@@ -238,7 +238,7 @@ def cmd_demo(args) -> int:
     source = suite_source(args.suite_source, Path(args.cifar10))
     out.mkdir(parents=True, exist_ok=True)
     written = [write_cat(out / "cat.jpg"),
-               write_pets(out / "pets.zip", Path(args.fashion_mnist), classes, args.per_class,
+               write_clothes(out / "clothes.zip", Path(args.fashion_mnist), classes, args.per_class,
                           args.seed),
                write_suite(out / "suite.zip", source, Path(args.cifar10), args.suite_per_class,
                            args.seed, fallback=source != args.suite_source)]
@@ -248,12 +248,12 @@ def cmd_demo(args) -> int:
 
 def add_demo(subparsers) -> None:
     """The ``zscl demo`` subcommand: the README tour's data from what installs by name."""
-    p = subparsers.add_parser("demo", help="write the README tour's files: cat.jpg, pets.zip, "
+    p = subparsers.add_parser("demo", help="write the README tour's files: cat.jpg, clothes.zip, "
                                            "suite.zip")
     p.add_argument("--out", default=".", help="the folder to write them in (default: here)")
-    p.add_argument("--classes", default=",".join(DEFAULT_PETS_CLASSES),
-                   help=f"Fashion-MNIST classes in pets.zip (default {','.join(DEFAULT_PETS_CLASSES)})")
-    p.add_argument("--per-class", type=int, default=100, help="images per class in pets.zip (100)")
+    p.add_argument("--classes", default=",".join(DEFAULT_CLOTHES_CLASSES),
+                   help=f"Fashion-MNIST classes in clothes.zip (default {','.join(DEFAULT_CLOTHES_CLASSES)})")
+    p.add_argument("--per-class", type=int, default=100, help="images per class in clothes.zip (100)")
     p.add_argument("--suite-per-class", type=int, default=30,
                    help="images per class in suite.zip (30)")
     p.add_argument("--suite-source", choices=["auto", "cifar10", "photos"], default="auto",

@@ -93,9 +93,9 @@ def test_demo_writes_valid_files_holding_what_it_prints(tmp_path, capsys, fake_f
     out = _run(capsys, "--out", str(out_dir), "--fashion-mnist", str(fake_fashion),
                "--classes", "trouser,ankle boot,bag", "--per-class", "10",
                "--suite-source", "photos", "--suite-per-class", "4")
-    assert sorted(p.name for p in out_dir.iterdir()) == ["cat.jpg", "pets.zip", "suite.zip"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["cat.jpg", "clothes.zip", "suite.zip"]
     printed = _printed(out)
-    assert printed["pets.zip"] == {"classes": ["ankle boot", "bag", "trouser"], "per_class": 10,
+    assert printed["clothes.zip"] == {"classes": ["ankle boot", "bag", "trouser"], "per_class": 10,
                                    "total": 30}
     assert printed["suite.zip"] == {"classes": sorted(demo.PHOTO_CLASSES), "per_class": 4,
                                     "total": 24}
@@ -104,16 +104,16 @@ def test_demo_writes_valid_files_holding_what_it_prints(tmp_path, capsys, fake_f
     with Image.open(out_dir / "cat.jpg") as cat:
         assert cat.format == "JPEG" and cat.size == (451, 300)
         cat.load()
-    pets = _zip_classes(out_dir / "pets.zip")
-    assert pets == {name: 10 for name in ("ankle boot", "bag", "trouser")}
+    clothes = _zip_classes(out_dir / "clothes.zip")
+    assert clothes == {name: 10 for name in ("ankle boot", "bag", "trouser")}
     assert _zip_classes(out_dir / "suite.zip", prefix="test/") == \
         {name: 4 for name in demo.PHOTO_CLASSES}
 
-    # what the server does with them: pets is split by the server (a fifth held out), the
+    # what the server does with them: clothes is split by the server (a fifth held out), the
     # suite is test-only, with its classes as printed
-    stored = _ingest(out_dir / "pets.zip", tmp_path / "store")
-    assert stored.classnames == printed["pets.zip"]["classes"] and stored.split == "auto"
-    assert stored.test_counts == {name: 2 for name in pets} and stored.n_train == 24
+    stored = _ingest(out_dir / "clothes.zip", tmp_path / "store")
+    assert stored.classnames == printed["clothes.zip"]["classes"] and stored.split == "auto"
+    assert stored.test_counts == {name: 2 for name in clothes} and stored.n_train == 24
     suite = _ingest(out_dir / "suite.zip", tmp_path / "store")
     assert suite.classnames == printed["suite.zip"]["classes"]
     assert suite.n_train == 0 and suite.n_test == 24
@@ -124,10 +124,10 @@ def test_demo_is_deterministic(tmp_path, capsys, fake_fashion):
             "--suite-per-class", "3"]
     _run(capsys, "--out", str(tmp_path / "a"), *args)
     _run(capsys, "--out", str(tmp_path / "b"), *args)
-    for name in ("cat.jpg", "pets.zip", "suite.zip"):
+    for name in ("cat.jpg", "clothes.zip", "suite.zip"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     _run(capsys, "--out", str(tmp_path / "c"), *args, "--seed", "1")
-    assert (tmp_path / "c" / "pets.zip").read_bytes() != (tmp_path / "a" / "pets.zip").read_bytes()
+    assert (tmp_path / "c" / "clothes.zip").read_bytes() != (tmp_path / "a" / "clothes.zip").read_bytes()
 
 
 def test_missing_fashion_mnist_names_the_package_and_writes_nothing(tmp_path):
@@ -154,9 +154,9 @@ def test_the_defaults_on_the_real_data(tmp_path, capsys):
     ../shared/data has it (CI does), else scikit-image's photos x 30."""
     out = _run(capsys, "--out", str(tmp_path))
     printed = _printed(out)
-    assert printed["pets.zip"] == {"classes": sorted(demo.DEFAULT_PETS_CLASSES), "per_class": 100,
+    assert printed["clothes.zip"] == {"classes": sorted(demo.DEFAULT_CLOTHES_CLASSES), "per_class": 100,
                                    "total": 500}
-    assert _zip_classes(tmp_path / "pets.zip") == {name: 100 for name in demo.DEFAULT_PETS_CLASSES}
+    assert _zip_classes(tmp_path / "clothes.zip") == {name: 100 for name in demo.DEFAULT_CLOTHES_CLASSES}
     cifar = demo.CIFAR_TAR.is_file()
     expected = (["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                  "truck"] if cifar else sorted(demo.PHOTO_CLASSES))

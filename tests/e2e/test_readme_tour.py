@@ -58,13 +58,13 @@ make serve
 ```sh
 # a comment
 zscl demo   # trailing comment
-pets=$(zscl dataset upload pets.zip \\
+pets=$(zscl dataset upload clothes.zip \\
        --name pets | cut -d' ' -f2)
 
 ```
 """
     assert tour_commands(text) == ["zscl demo   # trailing comment",
-                                   "pets=$(zscl dataset upload pets.zip         --name pets | cut -d' ' -f2)"]
+                                   "pets=$(zscl dataset upload clothes.zip         --name pets | cut -d' ' -f2)"]
 
 
 def _script(commands: list[str]) -> str:
@@ -134,7 +134,7 @@ def test_the_readme_tour_runs_as_written(stack_factory, starter_dir, tmp_path):
     assert len(steps) == len(commands)
 
     demo = _step(steps, "zscl demo")
-    assert all(f"  {name}:" in demo for name in ("cat.jpg", "pets.zip", "suite.zip")), demo
+    assert all(f"  {name}:" in demo for name in ("cat.jpg", "clothes.zip", "suite.zip")), demo
     watched = _step(steps, "zscl job create")
     assert ": succeeded" in watched and "now serving" in watched, watched
     promoted = re.search(r"now serving (\S+)", watched).group(1)

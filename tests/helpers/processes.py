@@ -176,12 +176,14 @@ class Stack:
         lines = [(f"{what} unanswered after {SLOW_ANSWER_S} s; load average "
                   f"{_read('/proc/loadavg')}; pressure: cpu {_read('/proc/pressure/cpu')}; "
                   f"io {_read('/proc/pressure/io')}")]
-        for pid in self.api_pids:
-            for task in sorted(Path(f"/proc/{pid}/task").glob("[0-9]*")):
-                stat = _read(task / "stat")
-                state = stat[stat.rfind(")") + 2:].split(" ", 1)[0] if ")" in stat else "?"
-                lines.append(f"  api {pid} thread {task.name} {_read(task / 'comm')!r}: state "
-                             f"{state}, waiting in {_read(task / 'wchan') or '-'}")
+        for api in self.api_pids:  # `zscl serve` and every process it started (API processes)
+            for pid in session_processes(api):
+                for task in sorted(Path(f"/proc/{pid}/task").glob("[0-9]*")):
+                    stat = _read(task / "stat")
+                    state = stat[stat.rfind(")") + 2:].split(" ", 1)[0] if ")" in stat else "?"
+                    lines.append(f"  process {pid} (of zscl serve {api}) thread {task.name} "
+                                 f"{_read(task / 'comm')!r}: state {state}, waiting in "
+                                 f"{_read(task / 'wchan') or '-'}")
         self.slow_answers.append("\n".join(lines))
 
     def upload(self, body: bytes, name: str, suite: bool = False) -> dict:

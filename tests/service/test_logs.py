@@ -8,10 +8,21 @@ import os
 import re
 import threading
 
+from uvicorn.logging import AccessFormatter
+
 from service.logs import background_logging
 
 RECORDS = 1000
 CAPACITY = 100
+
+
+class Keep(logging.Handler):
+    def __init__(self, level=logging.NOTSET):
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 def _full_pipe() -> tuple[int, int]:
@@ -34,69 +45,92 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def test_logging_never_waits_on_a_stuck_reader_and_counts_what_it_dropped():
+def _only(log: logging.Logger, *handlers: logging.Handler):
+    """Give ``log`` only ``handlers`` and level INFO; returns what to put back (earlier tests'
+    uvicorn servers and pytest leave handlers of their own on these loggers)."""
+    saved = log.handlers, log.level, log.propagate
+    log.handlers, log.level, log.propagate = list(handlers), logging.INFO, False
+    return saved
+
+
+def test_an_access_log_nobody_reads_never_holds_up_logging_and_the_drops_are_counted(capsys):
+    # uvicorn's access log, on a pipe whose reader is stuck; the root logger keeps the rest
     read_end, write_end = _full_pipe()
     stream = os.fdopen(write_end, "w", buffering=1)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("record %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
+    access_handler = logging.StreamHandler(stream)
+    access_handler.setFormatter(AccessFormatter('%(client_addr)s "%(request_line)s" %(status_code)s',
+                                                use_colors=False))
+    access, root, kept = logging.getLogger("uvicorn.access"), logging.getLogger(), Keep()
+    saved_access, saved_root = _only(access, access_handler), _only(root, kept)
     done = threading.Event()
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(_read_all(read_end)), daemon=True)
+
+    def log_all():
+        for i in range(RECORDS):  # the arguments uvicorn's access log gives
+            access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", f"/livez?n={i}", "1.1", 200)
+        done.set()
+
     try:
         with background_logging(capacity=CAPACITY, stop_timeout_s=30):
-            assert handler not in root.handlers  # behind the queue while inside
-
-            def log_all():
-                for i in range(RECORDS):
-                    logging.getLogger("some.module").info("%d", i)
-                done.set()
-
             threading.Thread(target=log_all, daemon=True).start()
-            # without the queue the first record waits on the full pipe for good
-            assert done.wait(timeout=30), "logging waited on the pipe's reader"
-            reader = threading.Thread(target=lambda: out.append(_read_all(read_end)), daemon=True)
-            out: list[bytes] = []
-            reader.start()
-        assert handler in root.handlers  # put back once everything queued was written
+            try:
+                # without the queue, the first record waits on the full pipe for good
+                assert done.wait(timeout=30), "logging waited on the pipe's reader"
+            finally:
+                reader.start()  # whatever happened: the writer must be able to finish
+        assert "handle" not in vars(access_handler)  # it writes directly again
     finally:
-        root.removeHandler(handler)
-        root.level = level
+        access.handlers, access.level, access.propagate = saved_access
+        root.handlers, root.level, root.propagate = saved_root
         stream.close()  # the reader sees the end
-    reader.join(timeout=30)
-    text = out[0].decode().lstrip("x")
-    written = re.findall(r"^record (\d+)$", text, re.MULTILINE)
-    dropped = [int(n) for n in re.findall(r"^record (\d+) log records were dropped", text, re.MULTILINE)]
-    # the writer took at most one record before it blocked and the queue holds CAPACITY
-    # (shared with pytest's own handlers on the root logger): everything else is counted, once,
-    # as dropped, and what was written came in the order it was logged
-    assert len(dropped) == 1 and len(written) + dropped[0] == RECORDS
+        reader.join(timeout=30)
+        os.close(read_end)
+    written = [int(n) for n in re.findall(r'"GET /livez\?n=(\d+) HTTP/1.1" 200', out[0].decode())]
+    reports = [r.getMessage() for r in kept.records]
+    dropped = [int(m.group(1)) for r in reports if (m := re.match(r"(\d+) log records were dropped", r))]
+    # the writer took at most one record before it blocked and the queue held CAPACITY; all
+    # the others were counted and reported, through the root logger, in one line
+    assert len(dropped) == 1 and len(written) + dropped[0] == RECORDS, (len(written), reports)
     assert len(written) <= CAPACITY + 1
-    numbers = [int(n) for n in written]
-    assert numbers == sorted(set(numbers))
+    assert written == sorted(set(written))  # in the order logged
+    assert "Logging error" not in capsys.readouterr().err
 
 
-def test_records_reach_their_handler_in_order_and_the_handlers_are_put_back():
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
+def test_records_arrive_in_order_the_handlers_level_is_read_live_and_nesting_wraps_once():
     keep = Keep(level=logging.WARNING)
     access = logging.getLogger("uvicorn.access")
-    # only this handler (earlier tests' uvicorn servers leave theirs on uvicorn's loggers)
-    handlers, access.handlers = access.handlers, [keep]
-    level, access.level = access.level, logging.INFO
+    saved = _only(access, keep)
     try:
-        # the inner call finds the handlers behind the outer one's queue and leaves them there
-        with background_logging(), background_logging():
-            assert [stand_in.target for stand_in in access.handlers] == [keep]  # one queue
-            for i in range(50):
-                access.warning("w%d", i)
-            access.info("below the handler's level")
-        assert seen == [f"w{i}" for i in range(50)]  # written by the time the block ends
-        assert access.handlers == [keep]
+        with background_logging():
+            wrapped = vars(keep)["handle"]
+            with background_logging():  # an enclosing call's queue is not wrapped again
+                assert vars(keep)["handle"] is wrapped
+                for i in range(50):
+                    access.warning("w%d", i)
+                access.info("below the handler's level")
+                keep.setLevel(logging.INFO)  # as caplog.set_level does, while wrapped
+                access.info("at the handler's new level")
+        assert [r.getMessage() for r in keep.records] == \
+            [f"w{i}" for i in range(50)] + ["at the handler's new level"]  # written by the end
+        assert access.handlers == [keep] and "handle" not in vars(keep)
     finally:
-        access.handlers = handlers
-        access.level = level
+        access.handlers, access.level, access.propagate = saved
+
+
+def test_a_queued_record_holds_its_traceback_as_text_not_the_frames():
+    keep = Keep()
+    root = logging.getLogger()
+    saved = _only(root, keep)
+    try:
+        with background_logging():
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logging.getLogger("x").exception("failed with %s", {"a": 1})
+        (record,) = keep.records
+        assert record.exc_info is None and "ValueError: boom" in record.exc_text
+        assert record.getMessage() == "failed with {'a': 1}"  # rendered when it was logged
+        assert "ValueError: boom" in logging.Formatter().format(record)
+    finally:
+        root.handlers, root.level, root.propagate = saved
