@@ -46,11 +46,18 @@ def _read_all(fd: int) -> bytes:
 
 
 def _only(log: logging.Logger, *handlers: logging.Handler):
-    """Give ``log`` only ``handlers`` and level INFO; returns what to put back (earlier tests'
-    uvicorn servers and pytest leave handlers of their own on these loggers)."""
+    """Give ``log`` only ``handlers`` and level INFO; returns what :func:`_restore` puts back
+    (earlier tests' uvicorn servers and pytest leave handlers and levels of their own on these
+    loggers; ``setLevel``, not the attribute, so that the loggers' cached levels are cleared)."""
     saved = log.handlers, log.level, log.propagate
-    log.handlers, log.level, log.propagate = list(handlers), logging.INFO, False
+    log.handlers, log.propagate = list(handlers), False
+    log.setLevel(logging.INFO)
     return saved
+
+
+def _restore(log: logging.Logger, saved) -> None:
+    log.handlers, level, log.propagate = saved
+    log.setLevel(level)
 
 
 def test_an_access_log_nobody_reads_never_holds_up_logging_and_the_drops_are_counted(capsys):
@@ -81,8 +88,8 @@ def test_an_access_log_nobody_reads_never_holds_up_logging_and_the_drops_are_cou
                 reader.start()  # whatever happened: the writer must be able to finish
         assert "handle" not in vars(access_handler)  # it writes directly again
     finally:
-        access.handlers, access.level, access.propagate = saved_access
-        root.handlers, root.level, root.propagate = saved_root
+        _restore(access, saved_access)
+        _restore(root, saved_root)
         stream.close()  # the reader sees the end
         reader.join(timeout=30)
         os.close(read_end)
@@ -115,7 +122,7 @@ def test_records_arrive_in_order_the_handlers_level_is_read_live_and_nesting_wra
             [f"w{i}" for i in range(50)] + ["at the handler's new level"]  # written by the end
         assert access.handlers == [keep] and "handle" not in vars(keep)
     finally:
-        access.handlers, access.level, access.propagate = saved
+        _restore(access, saved)
 
 
 def test_a_queued_record_holds_its_traceback_as_text_not_the_frames():
@@ -133,4 +140,4 @@ def test_a_queued_record_holds_its_traceback_as_text_not_the_frames():
         assert record.getMessage() == "failed with {'a': 1}"  # rendered when it was logged
         assert "ValueError: boom" in logging.Formatter().format(record)
     finally:
-        root.handlers, root.level, root.propagate = saved
+        _restore(root, saved)
