@@ -12,8 +12,9 @@ the pipe was read.
 through one bounded queue: logging only enqueues, and one daemon thread writes. The handlers
 stay where they are on their loggers (each gets a ``handle`` of its own that enqueues), so
 whoever adds or removes handlers meanwhile (uvicorn's logging set-up, pytest) sees its own.
-When the queue is full (the reader stuck), records are dropped and counted, and the count is
-written to the root logger's handlers once a record is written again, rather than hold the process's memory or its requests.
+When the queue is full (the reader stuck), records are dropped and counted, rather than hold
+the process's memory or its requests; the count goes to the root logger's handlers once a
+record is written again.
 """
 
 from __future__ import annotations

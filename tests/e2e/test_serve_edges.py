@@ -330,19 +330,16 @@ def test_requests_are_answered_while_nobody_reads_the_log(data_dir, tmp_path):
     # service/logs.py every request from then on waited on the write (none was answered after
     # request 1,044 in one run): here the client's patience, REQUEST_TIMEOUT_S, runs out
     stack = _stack(data_dir, tmp_path)
-    serve = subprocess.Popen([sys.executable, "-m", "zscl_cli", "serve", "--port", str(stack.port),
-                              "--log-level", "info"], cwd=REPO, env=stack.env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     logged = bytearray()
 
-    def read_log() -> bytes:
-        os.set_blocking(serve.stdout.fileno(), False)
-        logged.extend(serve.stdout.read() or b"")
+    def read_log() -> bytes:  # all the server has written so far
+        output = stack.procs[0].stdout
+        os.set_blocking(output.fileno(), False)
+        logged.extend(output.read() or b"")
         return bytes(logged)
 
     try:
-        wait_until(lambda: serve.poll() is not None or stack._ready(), START_DEADLINE_S, 0.25, "API ready")
-        assert serve.poll() is None, read_log().decode(errors="replace")[-3000:]
+        stack.api(log_level="info", stdout=subprocess.PIPE)
         with httpx.Client(base_url=stack.url, timeout=REQUEST_TIMEOUT_S) as client:
             for _ in range(3000):  # about 170 KiB of access log
                 assert client.get("/livez").status_code == 200
@@ -354,5 +351,6 @@ def test_requests_are_answered_while_nobody_reads_the_log(data_dir, tmp_path):
         print(read_log().decode(errors="replace")[-3000:])
         raise
     finally:
-        kill_session(serve.pid)
-        serve.wait()
+        for proc in stack.procs:
+            kill_session(proc.pid)
+            proc.wait()

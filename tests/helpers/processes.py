@@ -57,6 +57,13 @@ def _read(path) -> str:
         return ""
 
 
+def _stat_fields(path) -> list[str]:
+    """The fields of a /proc ``stat`` file after the command name (state first), or [] where
+    the process or thread is gone."""
+    text = _read(path)
+    return text[text.rindex(")") + 2:].split() if ")" in text else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,19 +138,22 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, args: list[str], name: str, extra_env: dict[str, str] | None = None):
-        log = (self.logs / f"{name}.log").open("w")
+    def _spawn(self, args: list[str], name: str, extra_env: dict[str, str] | None = None,
+               stdout=None):
+        """``zscl *args``, its output to ``stdout`` (default: the file ``<name>.log``)."""
+        out = (self.logs / f"{name}.log").open("w") if stdout is None else stdout
         proc = subprocess.Popen([sys.executable, "-m", "zscl_cli", *args], cwd=REPO,
-                                env={**self.env, **(extra_env or {})}, stdout=log,
+                                env={**self.env, **(extra_env or {})}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
-    def api(self, **extra_env):
-        proc = self._spawn(["serve", "--port", str(self.port), "--log-level", "warning"], "api",
-                           extra_env)
+    def api(self, log_level: str = "warning", stdout=None, **extra_env):
+        proc = self._spawn(["serve", "--port", str(self.port), "--log-level", log_level], "api",
+                           extra_env, stdout)
         self.api_pids.append(proc.pid)
-        wait_until(lambda: self._ready(), START_DEADLINE_S, 0.25, "API ready")
+        wait_until(lambda: proc.poll() is not None or self._ready(), START_DEADLINE_S, 0.25, "API ready")
+        assert proc.poll() is None, f"zscl serve exited with {proc.returncode} before it was ready"
         return proc
 
     def worker(self, name: str = "w1"):
@@ -179,8 +189,7 @@ class Stack:
         for api in self.api_pids:  # `zscl serve` and every process it started (API processes)
             for pid in session_processes(api):
                 for task in sorted(Path(f"/proc/{pid}/task").glob("[0-9]*")):
-                    stat = _read(task / "stat")
-                    state = stat[stat.rfind(")") + 2:].split(" ", 1)[0] if ")" in stat else "?"
+                    state = (_stat_fields(task / "stat") or ["?"])[0]
                     lines.append(f"  process {pid} (of zscl serve {api}) thread {task.name} "
                                  f"{_read(task / 'comm')!r}: state {state}, waiting in "
                                  f"{_read(task / 'wchan') or '-'}")
@@ -263,11 +272,10 @@ def session_processes(session_id: int) -> list[int]:
     whose parent died and left it to init."""
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # it ended meanwhile
+        fields = _stat_fields(stat)
+        if not fields:  # it ended meanwhile
             continue
-        state, _ppid, _pgrp, session = text[text.rindex(")") + 2:].split()[:4]
+        state, _ppid, _pgrp, session = fields[:4]
         if int(session) == session_id and state != "Z":
             pids.append(int(stat.parent.name))
     return pids
