@@ -39,7 +39,7 @@ def decode_image(data: bytes, filename: str, *, max_pixels: int) -> Image.Image:
     try:
         image = open_capped(io.BytesIO(data), max_pixels=max_pixels, too_large=too_large)
         image.load()
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")  # (convert would copy)
     except UnidentifiedImageError as exc:
         raise InvalidImage(filename, "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -271,16 +271,20 @@ class ModelHolder:
         return served
 
     async def head(self, served: ServedModel, classnames, templates,
-                   gone: threading.Event | None = None) -> torch.Tensor:
+                   gone: threading.Event | None = None,
+                   on_miss: Callable[[], None] | None = None) -> torch.Tensor:
         """The text head of ``served`` for these labels: from the LRU cache at once, else built
         by :attr:`builder` (sharing a build in progress for the same head; ``QueueFull`` when
-        the builder is full). The build stops between chunks of prompts (``WorkAbandoned``) once
-        ``gone`` is set, and that of every other request waiting for it."""
+        the builder is full), ``on_miss()`` called first. The build stops between chunks of
+        prompts (``WorkAbandoned``) once ``gone`` is set, and that of every other request
+        waiting for it."""
         key = HeadCache.key(served.version, classnames, templates)
         try:
             return self.heads.get_or_build(key, _report_miss)  # counts the hit or the miss
         except _Miss:
             pass
+        if on_miss is not None:
+            on_miss()
         return await self.builder.get(
             key, partial(self._build_head, served, classnames, templates, "request"), gone)
 

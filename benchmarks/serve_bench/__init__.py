@@ -5,7 +5,9 @@ One run, one model on one device (``--device cpu|cuda|cuda:N``), for each reques
 open keep-alive connections):
 1. service: a real ``zscl serve`` process (``ZSCL_DEVICE``, its default precision, HTTP processes
    and max batch for the device); img/s, requests/s, p50 and p99 latency, mean images per forward
-   (its /metrics, where one scrape sees every process) and page faults per image (Linux);
+   (its /metrics, where one scrape sees every process), and page faults and CPU milliseconds per
+   image of its processes (Linux): the CPU beyond the raw forward's is the host's work per image
+   outside the forward (HTTP, decoding, ranking);
 2. raw: the served model's batched image forward in-process (``service.serving.load_served`` at the
    served precision), batch = the service's max batch for the device, plus the ranking matmul
    with a cached head, on a thread of its own, synchronised on CUDA: the ceiling the service can
@@ -45,16 +47,16 @@ from .measure import (big_label_latency, group_row, http_measurer, measure_all, 
                       timed)
 from .raw import load_raw, raw_forward, service_forward, tower_dtype
 from .report import format_report
-from .servers import (REPO, Servers, free_port, litserve_batches, minor_faults, service_batches,
-                      sigterm_as_exit, start_litserve, start_server, stop_server, stop_servers,
-                      wait_ready)
+from .servers import (REPO, Servers, free_port, litserve_batches, minor_faults, process_tree,
+                      service_batches, sigterm_as_exit, start_litserve, start_server, stop_server,
+                      stop_servers, wait_ready)
 
 __all__ = [
     "CHILD_TIMEOUT_S", "GENERATED_IMAGES", "LABELS", "MAX_IMAGES", "MAX_REQUESTS_PER_SET", "PRESETS",
     "REPO", "ClientPool", "Servers", "big_label_latency", "build_parser", "client_process_main",
     "format_report", "free_port", "get_request", "group_row", "http_measurer", "litserve_batches",
     "load_raw", "main", "materialise", "measure_all", "minor_faults", "multipart_request",
-    "percentile", "raw_forward", "read_images", "request_set", "resolve", "run", "service_batches",
-    "service_forward", "sigterm_as_exit", "start_litserve", "start_server", "stop_server",
-    "stop_servers", "summarise", "synthetic_jpegs", "timed", "tower_dtype", "wait_ready",
+    "percentile", "process_tree", "raw_forward", "read_images", "request_set", "resolve", "run",
+    "service_batches", "service_forward", "sigterm_as_exit", "start_litserve", "start_server",
+    "stop_server", "stop_servers", "summarise", "synthetic_jpegs", "timed", "tower_dtype", "wait_ready",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from .client import ClientPool
 from .inputs import request_set
-from .servers import Servers, minor_faults
+from .servers import Servers, process_tree
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarise(parts: list[dict], images_per_request: int) -> dict:
     """One row from the rounds of one measurement: counts over wall time summed, pooled latencies
-    (a request's, or a raw batch's), mean images per forward and page faults where every round
-    has them."""
+    (a request's, or a raw batch's), mean images per forward, and page faults and CPU time
+    per image where every round has them."""
     wall = sum(p["wall_s"] for p in parts)
     images = sum(p["images"] for p in parts)
     latencies = [t for p in parts for t in p["latencies"]]
@@ -48,8 +48,15 @@ def summarise(parts: list[dict], images_per_request: int) -> dict:
             "errors": sum(p["errors"] for p in parts),
             "mean_batch": (sum(b[1] for b in batches) / sum(b[0] for b in batches)
                            if None not in batches and sum(b[0] for b in batches) else None),
-            "faults_per_image": (sum(p["faults"] for p in parts) / images
-                                 if images and all(p.get("faults") is not None for p in parts) else None)}
+            "faults_per_image": _per_image(parts, "faults", images),
+            "cpu_ms_per_image": None if (cpu := _per_image(parts, "cpu_s", images)) is None else cpu * 1000}
+
+
+def _per_image(parts: list[dict], key: str, images: int) -> float | None:
+    """``key`` summed over the parts, per image; None unless every part has it."""
+    if not images or any(p.get(key) is None for p in parts):
+        return None
+    return sum(p[key] for p in parts) / images
 
 
 @contextlib.contextmanager
@@ -93,19 +100,19 @@ def http_measurer(pool: ClientPool, servers: Servers, name: str, images: list[by
                   ) -> Callable[[int, int, float], dict]:
     """``measure(images_per_request, concurrency, seconds)``: one part against server ``name``,
     with its forwards (the service's only where its /metrics saw every image, i.e. every HTTP
-    process) and, for the service, its processes' page faults."""
+    process), and the page faults and CPU seconds of the server's processes."""
     port, proc = servers.ports[name], servers.procs[name]
     sets: dict[int, list[bytes]] = {}
 
     def measure(size: int, concurrency: int, seconds: float) -> dict:
         if size not in sets:
             sets[size] = request_set(f"127.0.0.1:{port}", images, size)
-        faults = minor_faults(proc.pid) if name == "service" else None
+        tree = process_tree(proc.pid)
         before = servers.batches(name)
         part = pool.measure("127.0.0.1", port, f"{name}-{size}", sets[size], concurrency, seconds, size)
         after = servers.batches(name)
-        if faults is not None and (now := minor_faults(proc.pid)) is not None:
-            part["faults"] = now - faults
+        if tree is not None and (now := process_tree(proc.pid)) is not None:
+            part["faults"], part["cpu_s"] = now[0] - tree[0], now[1] - tree[1]
         if before is not None and after is not None:
             forwards, forwarded = after[0] - before[0], after[1] - before[1]
             if name != "service" or forwarded == part["served_requests"] * size:

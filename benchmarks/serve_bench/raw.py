@@ -71,14 +71,15 @@ def raw_forward(served, pixels, head, seconds: float) -> dict:
         for _ in range(3 if cuda else 1):  # CUDA: kernels chosen and memory pooled first
             step()
         times: list[float] = []
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         while time.perf_counter() - started < seconds or len(times) < 3:
             begun = time.perf_counter()
             step()
             times.append(time.perf_counter() - begun)
         return {"images": len(times) * len(pixels), "requests": len(times), "latencies": times,
                 "wall_s": time.perf_counter() - started, "errors": 0,
-                "batches": (len(times), len(times) * len(pixels))}
+                "batches": (len(times), len(times) * len(pixels)),
+                "cpu_s": time.process_time() - cpu}  # torch's threads too; the clients idle
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-forward") as pool:
         return pool.submit(measure).result()

@@ -35,7 +35,7 @@ def format_report(result: dict) -> str:
 
 
 _COLUMNS = (("img/s", 10), ("req/s", 10), ("p50 ms", 9), ("p99 ms", 9), ("mean batch", 12),
-            ("faults/img", 12), ("errors", 8))
+            ("faults/img", 12), ("CPU ms/img", 12), ("errors", 8))
 
 
 def _group_table(group: dict, batch: int) -> list[str]:
@@ -51,8 +51,9 @@ def _group_table(group: dict, batch: int) -> list[str]:
         if row is None:
             continue
         values = (row["img_s"], None if name == "raw" else row["req_s"], row["p50_ms"],
-                  row["p99_ms"], row["mean_batch"], row["faults_per_image"])
-        cells = "".join(_num(v, w, 0 if head == "faults/img" else 1)
+                  row["p99_ms"], row["mean_batch"], row["faults_per_image"],
+                  row.get("cpu_ms_per_image"))
+        cells = "".join(_num(v, w, 0 if head == "faults/img" else 2 if head == "CPU ms/img" else 1)
                         for v, (head, w) in zip(values, _COLUMNS))
         lines.append(f"  {label:<24}{cells}{row['errors']:8d}")
     ratios = "   ".join(f"service/{peer} {group[key]:.2f}" for peer, key in (

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,17 +26,20 @@ def test_percentile_interpolates_as_numpy_does():
 
 def test_summarise_pools_rounds():
     parts = [{"images": 8, "requests": 2, "wall_s": 1.0, "latencies": [0.01, 0.03], "errors": 0,
-              "batches": (2, 8), "faults": 4},
+              "batches": (2, 8), "faults": 4, "cpu_s": 0.05},
              {"images": 12, "requests": 3, "wall_s": 1.0, "latencies": [0.02, 0.02, 0.02], "errors": 1,
-              "batches": (1, 12), "faults": 6}]
+              "batches": (1, 12), "faults": 6, "cpu_s": 0.09}]
     row = serve_bench.summarise(parts, 4)
     assert row["img_s"] == 10.0 and row["req_s"] == 2.5
     assert row["p50_ms"] == pytest.approx(20.0)
     assert row["mean_batch"] == pytest.approx(20 / 3)
     assert row["faults_per_image"] == pytest.approx(0.5)
+    assert row["cpu_ms_per_image"] == pytest.approx(7.0)  # 140 ms over 20 images
     assert row["errors"] == 1
     del parts[1]["batches"]  # one round without forwards known: the mean is unknown
     assert serve_bench.summarise(parts, 4)["mean_batch"] is None
+    del parts[0]["cpu_s"]  # likewise the CPU time
+    assert serve_bench.summarise(parts, 4)["cpu_ms_per_image"] is None
 
 
 def test_synthetic_jpegs_are_jpegs_of_the_size_asked():
@@ -72,6 +76,8 @@ def test_a_tiny_cpu_run_gives_every_figure(tmp_path):
             assert row["img_s"] > 0 and row["errors"] == 0, (name, row)
             assert 0 < row["p50_ms"] <= row["p99_ms"]
             assert 1 <= row["mean_batch"] <= 8
+            if sys.platform.startswith("linux"):  # a forward costs CPU time on every side
+                assert row["cpu_ms_per_image"] > 0, (name, row)
         size = level["images_per_request"]
         assert level["service"]["req_s"] * size == pytest.approx(level["service"]["img_s"])
         assert level["raw"]["mean_batch"] == 8
@@ -83,6 +89,25 @@ def test_a_tiny_cpu_run_gives_every_figure(tmp_path):
     assert result["timings_s"]["start-up: service, LitServe and the raw model"] > 0
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert "service/LitServe" in serve_bench.format_report(result)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_server_s_cpu_time_counts_its_descendants():
+    burn = ("import sys, time\nstarted = time.process_time()\n"
+            "while time.process_time() - started < 0.4: pass\n"
+            "print('burnt', flush=True)\ntime.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               f"subprocess.Popen([sys.executable, '-c', {burn!r}])\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert parent.stdout.readline().strip() == "burnt"  # the grandchild has spent its 0.4 s
+        faults, cpu_s = serve_bench.process_tree(parent.pid)
+        assert 0.4 <= cpu_s < 5 and faults > 0
+        assert serve_bench.minor_faults(parent.pid) >= faults
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert serve_bench.process_tree(parent.pid) is None  # gone
 
 
 def _state(pid: int) -> str:
