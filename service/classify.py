@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -164,9 +165,8 @@ class Classifier:
         try:
             # labels sent inline are checked here (a tenth of a millisecond for 1,000 labels,
             # less than a hop to a thread and back); a label set is read from the database
-            classnames, tmpl, keep = (self._resolve(labels, None, templates) if label_set is None
-                                      else await asyncio.to_thread(self._resolve, labels, label_set,
-                                                                   templates))
+            resolve = partial(self._resolve, labels, label_set, templates)
+            classnames, tmpl, keep = resolve() if label_set is None else await asyncio.to_thread(resolve)
             head = await self.holder.head(served, classnames, tmpl, gone, on_miss=watch)
             if gone.is_set():  # it left meanwhile (e.g. while a build it shared went on for others)
                 raise ClientGone("the client disconnected while its labels' head was built")

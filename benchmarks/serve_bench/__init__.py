@@ -47,7 +47,7 @@ from .measure import (big_label_latency, group_row, http_measurer, measure_all, 
                       timed)
 from .raw import load_raw, raw_forward, service_forward, tower_dtype
 from .report import format_report
-from .servers import (REPO, Servers, free_port, litserve_batches, minor_faults, process_tree,
+from .servers import (REPO, Servers, free_port, litserve_batches, process_tree,
                       service_batches, sigterm_as_exit, start_litserve, start_server, stop_server,
                       stop_servers, wait_ready)
 
@@ -55,7 +55,7 @@ __all__ = [
     "CHILD_TIMEOUT_S", "GENERATED_IMAGES", "LABELS", "MAX_IMAGES", "MAX_REQUESTS_PER_SET", "PRESETS",
     "REPO", "ClientPool", "Servers", "big_label_latency", "build_parser", "client_process_main",
     "format_report", "free_port", "get_request", "group_row", "http_measurer", "litserve_batches",
-    "load_raw", "main", "materialise", "measure_all", "minor_faults", "multipart_request",
+    "load_raw", "main", "materialise", "measure_all", "multipart_request",
     "percentile", "process_tree", "raw_forward", "read_images", "request_set", "resolve", "run",
     "service_batches", "service_forward", "sigterm_as_exit", "start_litserve", "start_server",
     "stop_server", "stop_servers", "summarise", "synthetic_jpegs", "timed", "tower_dtype", "wait_ready",

@@ -34,8 +34,8 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-_COLUMNS = (("img/s", 10), ("req/s", 10), ("p50 ms", 9), ("p99 ms", 9), ("mean batch", 12),
-            ("faults/img", 12), ("CPU ms/img", 12), ("errors", 8))
+_COLUMNS = (("img/s", 10, 1), ("req/s", 10, 1), ("p50 ms", 9, 1), ("p99 ms", 9, 1),
+            ("mean batch", 12, 1), ("faults/img", 12, 0), ("CPU ms/img", 12, 2), ("errors", 8, 0))
 
 
 def _group_table(group: dict, batch: int) -> list[str]:
@@ -43,7 +43,7 @@ def _group_table(group: dict, batch: int) -> list[str]:
     title = (f"{group['images_per_request']} image(s) per request, concurrency {group['concurrency']}; "
              f"client ceiling {group['client_ceiling_rps']:,.0f} req/s on /livez "
              f"(p50 {_num(ceiling['p50_ms'], 0, 2)} ms, errors {ceiling['errors']})")
-    lines = [title, "  " + " " * 24 + "".join(f"{name:>{width}}" for name, width in _COLUMNS)]
+    lines = [title, "  " + " " * 24 + "".join(f"{name:>{width}}" for name, width, _ in _COLUMNS)]
     names = {"service": "service /v1/classify", "raw": f"raw forward, batch {batch}",
              "litserve": "LitServe /v1/classify"}
     for name, label in names.items():
@@ -53,8 +53,7 @@ def _group_table(group: dict, batch: int) -> list[str]:
         values = (row["img_s"], None if name == "raw" else row["req_s"], row["p50_ms"],
                   row["p99_ms"], row["mean_batch"], row["faults_per_image"],
                   row.get("cpu_ms_per_image"))
-        cells = "".join(_num(v, w, 0 if head == "faults/img" else 2 if head == "CPU ms/img" else 1)
-                        for v, (head, w) in zip(values, _COLUMNS))
+        cells = "".join(_num(v, width, digits) for v, (_, width, digits) in zip(values, _COLUMNS))
         lines.append(f"  {label:<24}{cells}{row['errors']:8d}")
     ratios = "   ".join(f"service/{peer} {group[key]:.2f}" for peer, key in (
         ("raw", "service_over_raw"), ("LitServe", "service_over_litserve")) if group[key] is not None)

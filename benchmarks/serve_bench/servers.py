@@ -148,27 +148,19 @@ def _proc_stat(pid: int) -> list[str] | None:
 def process_tree(pid: int) -> tuple[int, float] | None:
     """(minor page faults, CPU seconds) a process and its descendants have taken so far (Linux:
     /proc/PID/stat's minflt, utime and stime), or None. Faults are those without disk I/O."""
-    own = _proc_stat(pid)
-    if own is None:
+    stats = {int(entry.name): fields for entry in Path("/proc").iterdir()
+             if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) is not None}
+    if pid not in stats:
         return None
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))  # ppid, 4th field
+    for child, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(child)  # ppid, the 4th field of stat(5)
     faults, ticks, todo = 0, 0, [pid]
     while todo:
-        current = todo.pop()
-        fields = _proc_stat(current)
-        if fields:  # minflt, utime and stime: the 10th, 14th and 15th fields of stat(5)
-            faults, ticks = faults + int(fields[7]), ticks + int(fields[11]) + int(fields[12])
+        fields = stats[current := todo.pop()]  # minflt, utime, stime: stat(5)'s 10th, 14th, 15th
+        faults, ticks = faults + int(fields[7]), ticks + int(fields[11]) + int(fields[12])
         todo.extend(children.get(current, []))
     return faults, ticks / os.sysconf("SC_CLK_TCK")
-
-
-def minor_faults(pid: int) -> int | None:
-    """The page faults a process and its descendants have taken without disk I/O, or None."""
-    tree = process_tree(pid)
-    return None if tree is None else tree[0]
 
 
 def service_batches(url: str) -> tuple[float, float] | None:

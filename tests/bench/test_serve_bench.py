@@ -103,7 +103,6 @@ def test_a_server_s_cpu_time_counts_its_descendants():
         assert parent.stdout.readline().strip() == "burnt"  # the grandchild has spent its 0.4 s
         faults, cpu_s = serve_bench.process_tree(parent.pid)
         assert 0.4 <= cpu_s < 5 and faults > 0
-        assert serve_bench.minor_faults(parent.pid) >= faults
     finally:
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
