@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     head_build_nice: int = Field(10, ge=0, le=19, description="how much lower the builders' CPU "
                                  "priority is (Linux nice increment), so that cached requests' "
                                  "decoding and inference win the cores; 0 keeps it equal")
+    tokenize_apart: int = Field(64, ge=0, description="prompt lists this long or longer are "
+                                "tokenized in a child process of each API process, away from "
+                                "its Python lock (service.tokenizing); 0: always in the process")
 
     # a job whose worker was lost (killed, restarted, machine gone: no heartbeat for
     # job_heartbeat_timeout_s) runs again from its start this many times before it fails

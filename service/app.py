@@ -172,6 +172,8 @@ async def _serving(app: FastAPI) -> AsyncIterator[None]:
         # a task that failed has logged why (_log_failure); shutting down goes on regardless
         await asyncio.gather(*tasks, return_exceptions=True)
         await services.batcher.stop()
+        if services.holder.tokenizers is not None:
+            await asyncio.to_thread(services.holder.tokenizers.close)
         services.engine.dispose()
 
 

@@ -19,6 +19,7 @@ from .embeddings import TEXT_CACHE_ENTRIES, EmbedLimits, Embedder
 from .head_builder import HeadBuilder
 from .metrics import Metrics
 from .serving import ModelHolder
+from .tokenizing import TokenizerProcess
 
 __all__ = ["Services", "build_services"]
 
@@ -51,7 +52,9 @@ def build_services(settings: Settings) -> Services:
                          dtype=settings.served_dtype, trace_images=settings.trace_images,
                          on_swap=metrics.on_swap,
                          on_failure=lambda version, exc: metrics.swap_failures.inc(),
-                         on_head_built=metrics.on_head_built)
+                         on_head_built=metrics.on_head_built,
+                         tokenizers=(TokenizerProcess(settings.tokenize_apart)
+                                     if settings.tokenize_apart else None))
     batcher = MicroBatcher(max_size=settings.max_batch,
                            max_wait_s=settings.batch_max_wait_ms / 1000,
                            queue_max=settings.queue_max, on_batch=metrics.batch_size.observe)

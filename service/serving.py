@@ -42,6 +42,7 @@ from .head_builder import HeadBuilder
 from .pixels import DevicePreprocess, split_preprocess
 from .precision import (AGREEMENT_COSINE, image_features, lower_precision_, min_cosine, probe_inputs,
                         resolve_dtype)
+from .tokenizing import TokenizerProcess
 
 __all__ = ["ServedModel", "load_served", "frozen_image_encoder", "image_features", "lower_precision_",
            "resolve_dtype", "ModelHolder"]
@@ -231,6 +232,8 @@ class ModelHolder:
         on_failure: called as ``on_failure(version, error)`` when a version fails to load.
         on_head_built: called as ``on_head_built(cause, seconds)`` after each head built for
             the cache; cause is "request", "label_set" or "swap" (metrics).
+        tokenizers: where each loaded version's long prompt lists are tokenized
+            (:class:`service.tokenizing.TokenizerProcess`); None: in this process.
     """
 
     def __init__(self, session_factory: sessionmaker[Session], device: str, *,
@@ -239,8 +242,10 @@ class ModelHolder:
                  dtype: str | torch.dtype = "float32", trace_images: bool = True,
                  on_swap: Callable[[ServedModel | None, ServedModel, str], None] | None = None,
                  on_failure: Callable[[str, Exception], None] | None = None,
-                 on_head_built: Callable[[str, float], None] | None = None):
+                 on_head_built: Callable[[str, float], None] | None = None,
+                 tokenizers: TokenizerProcess | None = None):
         self._sessions = session_factory
+        self.tokenizers = tokenizers
         self.device = device
         self.heads = HeadCache(head_cache_size)
         self.builder = HeadBuilder(self.heads, threads=head_builders, queue_max=head_build_queue,
@@ -338,6 +343,15 @@ class ModelHolder:
             logger.info("rebuilt %d cached text heads for %s in %.2fs", built, new.version,
                         time.perf_counter() - started)
 
+    def _load(self, path: Path, version: str, generation: int) -> ServedModel:
+        """:func:`load_served` with this holder's settings; its long prompt lists go to the
+        tokenizer process, if there is one. Blocking: call it in a thread."""
+        served = load_served(path, version, generation, self.device, dtype=self.dtype,
+                             trace_images=self.trace_images)
+        if self.tokenizers is not None:  # not yet published: nothing else holds it
+            served.tokenizer = self.tokenizers.wrap(version, served.tokenizer)
+        return served
+
     def _read_pointer(self) -> tuple[str | None, int, str | None]:
         with self._sessions() as session:
             version, generation = registry.get_serving(session)
@@ -364,8 +378,7 @@ class ModelHolder:
             if current is None:
                 self.phase = f"loading version {version}"
             try:
-                new = await asyncio.to_thread(load_served, Path(path), version, generation, self.device,
-                                              dtype=self.dtype, trace_images=self.trace_images)
+                new = await asyncio.to_thread(self._load, Path(path), version, generation)
             except (ZSCLError, OSError, RuntimeError) as exc:
                 delay = min(failure[1] * 2, RETRY_MAX_S) if failure else RETRY_FIRST_S
                 self._failed[(version, generation)] = (time.monotonic() + delay, delay)
@@ -400,8 +413,7 @@ class ModelHolder:
             def load() -> ServedModel:
                 with self._sessions() as session:
                     path = registry.get_version(session, version_id).path
-                return load_served(Path(path), version_id, 0, self.device, dtype=self.dtype,
-                                   trace_images=self.trace_images)
+                return self._load(Path(path), version_id, 0)
 
             def move_pointer() -> int:
                 with self._sessions() as session:

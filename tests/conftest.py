@@ -28,7 +28,7 @@ def _no_process_outlives_the_tests():
     if not Path("/proc/self/environ").exists():
         return
     deadline = time.monotonic() + STOP_DEADLINE_S
-    while (left := marked_processes(RUN_VARIABLE, run)) and time.monotonic() < deadline:
+    while (left := _outliving(run)) and time.monotonic() < deadline:
         time.sleep(0.5)
     described = [f"pid {pid} ({_cmdline(pid)}) from {env.get(TEST_VARIABLE)}"
                  for pid, env in left.items()]
@@ -38,6 +38,20 @@ def _no_process_outlives_the_tests():
         except ProcessLookupError:
             pass
     assert not left, "processes started by tests outlived them (killed now): " + "; ".join(described)
+
+
+def _outliving(run: str) -> dict[int, dict]:
+    """The processes of this run still alive, but multiprocessing's resource tracker of this
+    process: started once by the first process pool here, it ends when this process ends."""
+    return {pid: env for pid, env in marked_processes(RUN_VARIABLE, run).items()
+            if not ("multiprocessing.resource_tracker" in _cmdline(pid) and _parent(pid) == os.getpid())}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _cmdline(pid: int) -> str:
