@@ -143,7 +143,8 @@ class Settings(BaseSettings):
                                  "decoding and inference win the cores; 0 keeps it equal")
     tokenize_apart: int = Field(64, ge=0, description="prompt lists this long or longer are "
                                 "tokenized in a child process of each API process, away from "
-                                "its Python lock (service.tokenizing); 0: always in the process")
+                                "its Python lock, where the tokenizer works in Python (open_clip's "
+                                "SimpleTokenizer; service.tokenizing); 0: always in the process")
 
     # a job whose worker was lost (killed, restarted, machine gone: no heartbeat for
     # job_heartbeat_timeout_s) runs again from its start this many times before it fails

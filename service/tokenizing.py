@@ -9,8 +9,8 @@ waits for that lock at each hand-over, and a cached request that takes 8 ms idle
 each version's tokenizer (sent with its first list). The child is started by the first such
 list, which is tokenized in the process meanwhile, as is every list until the child is ready
 (it imports torch and open_clip: seconds): no request waits for it, and a process that never
-sees a long list starts none. Shorter lists, and a tokenizer that cannot be sent, stay in the
-process. A child that dies is started again at the next list, and the list it was given is
+sees a long list starts none. Shorter lists, a tokenizer whose work runs outside Python (a
+Hugging Face one, as the starter's), and one that cannot be sent stay in the process. A child that dies is started again at the next list, and the list it was given is
 tokenized in the process: the request still gets its answer.
 """
 
@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-__all__ = ["TokenizerProcess", "MIN_TEXTS"]
+__all__ = ["TokenizerProcess", "MIN_TEXTS", "tokenizes_in_python"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ def _tokenize(key: str, tokenizer: Callable | None, texts: list[str], kwargs: di
     return _tokenizers[key](texts, **kwargs).numpy()
 
 
+def tokenizes_in_python(tokenizer: Callable) -> bool:
+    """Whether ``tokenizer`` runs in Python, holding its lock: open_clip's ``SimpleTokenizer``
+    (OpenAI CLIP's BPE, which most CLIP models use). A Hugging Face tokenizer (the starter's)
+    runs in Rust and stays in the process."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return isinstance(tokenizer, SimpleTokenizer)
+
+
 class TokenizerProcess:
     """Hands long prompt lists to a child process (see the module's docstring).
 
@@ -69,8 +78,9 @@ class TokenizerProcess:
 
     def wrap(self, key: str, tokenizer: Callable) -> Callable:
         """``tokenizer`` as one that sends long lists to the child, where ``key`` names it there
-        (a version id: one tokenizer per version)."""
-        return _Offloaded(self, key, tokenizer)
+        (a version id: one tokenizer per version); as it is where its work does not hold
+        Python's lock (:func:`tokenizes_in_python`)."""
+        return _Offloaded(self, key, tokenizer) if tokenizes_in_python(tokenizer) else tokenizer
 
     def tokenize(self, key: str, tokenizer: Callable, texts: Sequence[str], **kwargs) -> torch.Tensor:
         """``tokenizer(texts, **kwargs)``, by the child where the list is long enough."""

@@ -1,5 +1,6 @@
 """Long prompt lists are tokenized in a child process (service.tokenizing), with the same tokens."""
 
+import copy
 import os
 import signal
 import time
@@ -8,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from service.tokenizing import KEEP, TokenizerProcess
+from service.tokenizing import KEEP, TokenizerProcess, tokenizes_in_python
 from tests.helpers.colour import classify_files, make_settings, png_bytes, running_client
 from tests.helpers.processes import START_DEADLINE_S
 
@@ -97,13 +98,25 @@ def test_a_child_that_dies_costs_no_answer(tokenizer, fresh):
 
 
 def test_a_tokenizer_that_cannot_be_sent_stays_in_the_process(tokenizer, shared):
-    local = lambda texts, **kwargs: tokenizer(texts, **kwargs)  # noqa: E731 - does not pickle
+    class Local(type(tokenizer)):  # pickle cannot find a class defined here by its name
+        pass
+
+    local = copy.copy(tokenizer)
+    local.__class__ = Local
     wrapped = shared.wrap("local", local)
     assert torch.equal(wrapped(PROMPTS), tokenizer(PROMPTS))
     assert "local" in shared._unsendable
     assert torch.equal(wrapped(PROMPTS), tokenizer(PROMPTS))
     assert torch.equal(shared.wrap("after", tokenizer)(PROMPTS), tokenizer(PROMPTS))  # still up
     assert "after" in shared._sent
+
+
+def test_a_tokenizer_that_does_not_run_in_python_is_left_as_it_is(tokenizer, fresh):
+    def elsewhere(texts, **kwargs):  # e.g. a Hugging Face tokenizer: its work runs in Rust
+        return tokenizer(texts, **kwargs)
+
+    assert tokenizes_in_python(tokenizer) and not tokenizes_in_python(elsewhere)
+    assert fresh.wrap("v1", elsewhere) is elsewhere
 
 
 def test_versions_past_the_child_s_keep_are_sent_again(tokenizer, shared):
