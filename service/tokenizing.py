@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,6 +35,12 @@ MIN_TEXTS = 64  # prompts; a shorter list costs less in the process than the hop
 KEEP = 4  # tokenizers the child holds, the most recently used (old versions' go)
 
 _tokenizers: OrderedDict[str, Callable] = OrderedDict()  # in the child, by key
+
+
+def _ignore_interrupts() -> None:
+    """In the child, first: Ctrl-C reaches the whole terminal's process group, and the parent,
+    not the signal, ends the child (at its shutdown), without a traceback on the terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _warm() -> None:
@@ -143,7 +150,8 @@ class TokenizerProcess:
             return self._ready
 
     def _start(self) -> None:  # under the lock
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_ignore_interrupts)
         self._ready = self._pool.submit(_warm)
         self._sent.clear()
 

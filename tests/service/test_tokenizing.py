@@ -148,3 +148,14 @@ def test_the_app_tokenizes_a_long_label_list_apart_to_the_same_answer(data_dir):
     assert all(abs(scores[0][label] - p) < 1e-5 for label, p in scores[1].items())
     child.join(10)
     assert not child.is_alive()  # stopped with the app
+
+
+def test_ctrl_c_leaves_the_child_to_its_parent(tokenizer, fresh):
+    """Ctrl-C reaches the terminal's whole process group; the app ends the child at its shutdown
+    (a child that died of it would print a traceback on the terminal)."""
+    fresh.start().result(START_DEADLINE_S)
+    child = _child(fresh)
+    os.kill(child.pid, signal.SIGINT)
+    time.sleep(0.2)  # let it be delivered: the next list would find the child gone
+    assert torch.equal(fresh.wrap("v1", tokenizer)(PROMPTS), tokenizer(PROMPTS))
+    assert child.is_alive() and _child(fresh) is child and "v1" in fresh._sent
