@@ -10,8 +10,9 @@ each version's tokenizer (sent with its first list). The child is started by the
 list, which is tokenized in the process meanwhile, as is every list until the child is ready
 (it imports torch and open_clip: seconds): no request waits for it, and a process that never
 sees a long list starts none. Shorter lists, a tokenizer whose work runs outside Python (a
-Hugging Face one, as the starter's), and one that cannot be sent stay in the process. A child that dies is started again at the next list, and the list it was given is
-tokenized in the process: the request still gets its answer.
+Hugging Face one, as the starter's), and one that cannot be sent stay in the process. A child
+that dies is started again at the next list, and the list it was given is tokenized in the
+process: the request still gets its answer.
 """
 
 from __future__ import annotations
