@@ -152,18 +152,28 @@ class Stack:
         proc = self._spawn(["serve", "--port", str(self.port), "--log-level", log_level], "api",
                            extra_env, stdout)
         self.api_pids.append(proc.pid)
-        wait_until(lambda: proc.poll() is not None or self._ready(), START_DEADLINE_S, 0.25, "API ready")
+        # with several API processes, each loads its model: ready once every one has said so
+        # (one ready process let a test's next request reach another still loading: a 503)
+        processes = int({**self.env, **extra_env}.get("ZSCL_API_WORKERS", "1"))
+        ready: set[str] = set()
+        wait_until(lambda: proc.poll() is not None or self._ready(ready) >= processes,
+                   START_DEADLINE_S, 0.25, "API ready")
         assert proc.poll() is None, f"zscl serve exited with {proc.returncode} before it was ready"
         return proc
 
     def worker(self, name: str = "w1"):
         return self._spawn(["worker", "--hostname", f"{name}@%h", "--log-level", "INFO"], name)
 
-    def _ready(self) -> bool:
+    def _ready(self, ready: set[str]) -> int:
+        """Ask ``/readyz`` once (a new connection: any API process may answer), note the
+        process that answered ready in ``ready``; how many have."""
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=REQUEST_TIMEOUT_S).status_code == 200
+            response = httpx.get(f"{self.url}/readyz", timeout=REQUEST_TIMEOUT_S)
         except httpx.HTTPError:
-            return False
+            return len(ready)
+        if response.status_code == 200:
+            ready.add(response.headers.get("X-Process-Id", "?"))
+        return len(ready)
 
     def served(self) -> str:
         return httpx.get(f"{self.url}/livez", timeout=REQUEST_TIMEOUT_S).headers["X-Model-Version"]
