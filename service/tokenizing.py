@@ -11,16 +11,17 @@ list, which is tokenized in the process meanwhile, as is every list until the ch
 (it imports torch and open_clip: seconds): no request waits for it, and a process that never
 sees a long list starts none. Shorter lists, a tokenizer whose work runs outside Python (a
 Hugging Face one, as the starter's), and one that cannot be sent stay in the process. A child
-that dies is started again at the next list, and the list it was given is tokenized in the
-process: the request still gets its answer.
+that dies, or does not start, costs no answer: that list is tokenized in the process, and a
+new child is started by a long list after a back-off (1 s, doubling up to a minute). The child
+ends with its parent, however the parent ends (``service._tokenizer_child.prepare``).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import signal
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,35 +29,16 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-__all__ = ["TokenizerProcess", "MIN_TEXTS", "tokenizes_in_python"]
+from . import _tokenizer_child as child
+from ._tokenizer_child import KEEP
+
+__all__ = ["TokenizerProcess", "MIN_TEXTS", "KEEP", "tokenizes_in_python"]
 
 logger = logging.getLogger(__name__)
 
 MIN_TEXTS = 64  # prompts; a shorter list costs less in the process than the hop to the child
-KEEP = 4  # tokenizers the child holds, the most recently used (old versions' go)
-
-_tokenizers: OrderedDict[str, Callable] = OrderedDict()  # in the child, by key
-
-
-def _ignore_interrupts() -> None:
-    """In the child, first: Ctrl-C reaches the whole terminal's process group, and the parent,
-    not the signal, ends the child (at its shutdown), without a traceback on the terminal."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _warm() -> None:
-    """In the child: what unpickling a tokenizer imports, imported before the first list."""
-    import open_clip  # noqa: F401
-
-
-def _tokenize(key: str, tokenizer: Callable | None, texts: list[str], kwargs: dict):
-    """In the child: ``texts`` tokenized by ``key``'s tokenizer (given the first time)."""
-    if tokenizer is not None:
-        _tokenizers[key] = tokenizer
-    _tokenizers.move_to_end(key)
-    while len(_tokenizers) > KEEP:
-        _tokenizers.popitem(last=False)
-    return _tokenizers[key](texts, **kwargs).numpy()
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # after a child that died or did not start
+STOP_S = 5.0  # close() waits this long for the child, then kills it
 
 
 def tokenizes_in_python(tokenizer: Callable) -> bool:
@@ -83,6 +65,7 @@ class TokenizerProcess:
         self._sent: OrderedDict[str, None] = OrderedDict()  # what the child holds, in its order
         self._unsendable: set[str] = set()
         self._closed = False
+        self._delay, self._retry_at = 0.0, 0.0  # back-off after a child that died or failed
 
     def wrap(self, key: str, tokenizer: Callable) -> Callable:
         """``tokenizer`` as one that sends long lists to the child, where ``key`` names it there
@@ -97,21 +80,23 @@ class TokenizerProcess:
             return tokenizer(texts, **kwargs)
         future = None
         with self._lock:  # keys counted and tasks submitted in one order: the child's
-            if not self._closed:
-                if self._pool is None:
-                    self._start()
-                if self._ready.done():  # else still starting: this list is tokenized here
-                    future, pool, first = self._submit(key, tokenizer, texts, kwargs)
+            if self._pool is None and not self._closed and time.monotonic() >= self._retry_at:
+                self._start()
+            if self._pool is not None and self._ready.done():  # else: tokenized here
+                future, pool, first = self._submit(key, tokenizer, texts, kwargs)
         if future is None:
             return tokenizer(texts, **kwargs)
         try:
-            return torch.from_numpy(future.result())
+            tokens = torch.from_numpy(future.result())
+            self._delay = 0.0  # a child that works: the next failure waits the least again
+            return tokens
         except BrokenProcessPool:
-            logger.warning("the tokenizer process ended; tokenizing %d prompts here, and starting "
-                           "it again for the next long list", len(texts))
             with self._lock:
                 if self._pool is pool:
                     self._pool = None
+                    self._back_off()
+            logger.warning("the tokenizer process ended; tokenizing %d prompts here, and starting "
+                           "it again for a long list in %.0f s", len(texts), self._delay)
             pool.shutdown(wait=False)
         except Exception as exc:  # noqa: BLE001 - here, it raises again if it is the tokenizer's own
             with self._lock:
@@ -131,8 +116,8 @@ class TokenizerProcess:
         while len(self._sent) > KEEP:
             self._sent.popitem(last=False)
         try:
-            future = pool.submit(_tokenize, key, tokenizer if first else None, texts, kwargs)
-        except BrokenProcessPool as exc:  # it died since the last list
+            future = pool.submit(child.tokenize, key, tokenizer if first else None, texts, kwargs)
+        except (BrokenProcessPool, RuntimeError) as exc:  # it died since the last list
             future = Future()
             future.set_exception(exc)
         return future, pool, first
@@ -148,21 +133,43 @@ class TokenizerProcess:
                 raise RuntimeError("the tokenizer process is closed")
             if self._pool is None:
                 self._start()
+            if self._pool is None:
+                raise RuntimeError("the tokenizer process could not start (the log says why)")
             return self._ready
 
     def _start(self) -> None:  # under the lock
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_ignore_interrupts)
-        self._ready = self._pool.submit(_warm)
+        try:
+            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=child.prepare)
+            self._ready = pool.submit(child.warm)
+        except (OSError, RuntimeError) as exc:  # no /dev/shm, no file descriptors, exiting...
+            self._back_off()
+            logger.warning("could not start the tokenizer process (%s); long lists are tokenized "
+                           "here, and it is tried again in %.0f s", exc, self._delay)
+            return
+        self._pool = pool
         self._sent.clear()
 
+    def _back_off(self) -> None:  # under the lock
+        self._delay = min(max(self._delay * 2, RETRY_FIRST_S), RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._delay
+
     def close(self) -> None:
-        """Stop the child (long lists are tokenized in the process from now on)."""
+        """Stop the child within :data:`STOP_S` (long lists are tokenized in the process from
+        now on)."""
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        processes = list(pool._processes.values())  # the one child
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(STOP_S)
+            if process.is_alive():  # wedged: nothing waits for it
+                logger.warning("the tokenizer process did not stop in %.0f s: killing it", STOP_S)
+                process.kill()
+                process.join(STOP_S)
 
 
 class _Offloaded:

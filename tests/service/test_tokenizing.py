@@ -3,7 +3,10 @@
 import copy
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 from service.tokenizing import KEEP, TokenizerProcess, tokenizes_in_python
 from tests.helpers.colour import classify_files, make_settings, png_bytes, running_client
-from tests.helpers.processes import START_DEADLINE_S
+from tests.helpers.processes import START_DEADLINE_S, STOP_DEADLINE_S
 
 PROMPTS = [f"a photo of a {i}-th kind of gadget, in a box" for i in range(400)]
 
@@ -44,6 +47,7 @@ def _child(process: TokenizerProcess):
 
 def test_the_first_long_list_starts_the_child_and_does_not_wait_for_it(tokenizer, fresh):
     assert torch.equal(fresh.wrap("v1", tokenizer)(PROMPTS), tokenizer(PROMPTS))
+    assert "v1" not in fresh._sent  # tokenized here while the child starts
     child = _child(fresh)
     assert child is not None and child.pid != os.getpid()
     fresh.start().result(START_DEADLINE_S)
@@ -84,6 +88,40 @@ def test_the_calling_thread_waits_without_working_while_the_child_tokenizes(toke
     assert apart < here / 4, (here, apart)
 
 
+ORPHAN_SCRIPT = """
+import time
+from service.tokenizing import TokenizerProcess
+process = TokenizerProcess()
+process.start().result(300)
+print(next(iter(process._pool._processes.values())).pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_child_ends_with_its_parent_however_it_ends(tmp_path):
+    """SIGKILL (or the kernel's out-of-memory killer) gives the parent no shutdown: the child,
+    which holds its own queue's other end, would wait for a task forever."""
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended (init reaps it)
+
+
 def test_a_child_that_dies_costs_no_answer(tokenizer, fresh):
     wrapped = fresh.wrap("v1", tokenizer)
     fresh.start().result(START_DEADLINE_S)
@@ -91,6 +129,8 @@ def test_a_child_that_dies_costs_no_answer(tokenizer, fresh):
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
     assert torch.equal(wrapped(PROMPTS), tokenizer(PROMPTS))  # here, this once
+    assert torch.equal(wrapped(PROMPTS), tokenizer(PROMPTS))  # here: no new child before 1 s
+    assert _child(fresh) is None
     fresh.start().result(START_DEADLINE_S)  # a new child
     assert _child(fresh).pid != child.pid
     assert torch.equal(wrapped(PROMPTS), tokenizer(PROMPTS))
@@ -125,6 +165,12 @@ def test_versions_past_the_child_s_keep_are_sent_again(tokenizer, shared):
         chosen = short if i % 2 else tokenizer
         assert torch.equal(shared.wrap(f"k{i}", chosen)(PROMPTS), chosen(PROMPTS))
     assert "k0" not in shared._sent  # the oldest left the child: sent again, still k0's
+    # the last KEEP are still in the child: tokenized there without being sent again (a child
+    # that had dropped one would fail the list, and the failure takes it out of _sent)
+    for i in range(2, KEEP + 2):
+        chosen = short if i % 2 else tokenizer
+        assert torch.equal(shared.wrap(f"k{i}", chosen)(PROMPTS), chosen(PROMPTS))
+    assert list(shared._sent) == [f"k{i}" for i in range(2, KEEP + 2)]
     assert torch.equal(shared.wrap("k0", tokenizer)(PROMPTS), tokenizer(PROMPTS))
     assert torch.equal(shared.wrap("k1", short)(PROMPTS), short(PROMPTS))
 
