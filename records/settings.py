@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     head_build_nice: int = Field(10, ge=0, le=19, description="how much lower the builders' CPU "
                                  "priority is (Linux nice increment), so that cached requests' "
                                  "decoding and inference win the cores; 0 keeps it equal")
-    tokenize_apart: int = Field(64, ge=0, description="prompt lists this long or longer are "
+    tokenize_apart: int = Field(256, ge=0, description="prompt lists this long or longer are "
                                 "tokenized in a child process of each API process, away from "
                                 "its Python lock, where the tokenizer works in Python (open_clip's "
                                 "SimpleTokenizer; service.tokenizing); 0: always in the process")

@@ -36,7 +36,7 @@ __all__ = ["TokenizerProcess", "MIN_TEXTS", "KEEP", "tokenizes_in_python"]
 
 logger = logging.getLogger(__name__)
 
-MIN_TEXTS = 64  # prompts; a shorter list costs less in the process than the hop to the child
+MIN_TEXTS = 256  # prompts (32 labels x 8 templates); a shorter one holds the lock for tens of ms at most
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # after a child that died or did not start
 STOP_S = 5.0  # close() waits this long for the child, then kills it
 
@@ -163,13 +163,16 @@ class TokenizerProcess:
         if pool is None:
             return
         processes = list(pool._processes.values())  # the one child
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.join(STOP_S)
-            if process.is_alive():  # wedged: nothing waits for it
-                logger.warning("the tokenizer process did not stop in %.0f s: killing it", STOP_S)
+        # the pool's own shutdown joins (reaps) the child: joining it here too raced it
+        stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True},
+                                   name="zscl-tokenizer-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_S)
+        if stopper.is_alive():  # wedged: nothing waits for it
+            logger.warning("the tokenizer process did not stop in %.0f s: killing it", STOP_S)
+            for process in processes:
                 process.kill()
-                process.join(STOP_S)
+            stopper.join(STOP_S)
 
 
 class _Offloaded:
